@@ -1,0 +1,206 @@
+"""EmotionModel: one model folder format (config.json + heads/adapters in model.safetensors + model card).
+
+The frozen pretrained backbones are not saved: they are rebuilt from the names in the config (offline
+aliases from wheels, Hub ids or paths), then the adapters and heads are loaded on top.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from backend.errors import ModelError
+from backend.heads import FaceNet, FusionGate, ProjectionHead, SpeechHead, TextHead
+from backend.labels import LABELS
+from backend.lora import inject_lora
+from backend.model_config import CONFIG_NAME, WEIGHTS_NAME, EmotionConfig
+
+log = logging.getLogger(__name__)
+
+BACKBONE_PREFIXES = ("speech_encoder.", "text_encoder.")
+
+
+class EmotionHeads(nn.Module):
+    """The trainable part: one head + projection per modality and the fusion gate."""
+
+    def __init__(self, config: EmotionConfig) -> None:
+        super().__init__()
+        c = config
+        self.speech_head = SpeechHead(c.speech_num_states, c.speech_dim, c.head_hidden, c.embed_dim, c.dropout)
+        self.text_head = TextHead(c.text_dim, c.lexicon_dim, c.embed_dim, c.dropout)
+        self.face_net = FaceNet(tuple(c.face_channels), c.embed_dim, c.dropout, c.face_size)
+        self.projections = nn.ModuleDict(
+            {m: ProjectionHead(c.embed_dim, c.proj_dim) for m in ("speech", "text", "face")}
+        )
+        self.gate = FusionGate()
+
+
+class EmotionModel(nn.Module):
+    """Heads over pretrained encoders. Encoders are submodules so .to(device) moves everything."""
+
+    def __init__(self, config: EmotionConfig, speech=None, text=None, lexicon=None) -> None:
+        super().__init__()
+        assert list(config.labels) == list(LABELS), f"labels must be {LABELS}, got {config.labels}"
+        self.config = config
+        self.heads = EmotionHeads(config)
+        self.speech, self.text, self.lexicon = speech, text, lexicon
+        if speech is not None:
+            self.speech_encoder = speech.model
+        if text is not None:
+            self.text_encoder = text.model
+
+    @property
+    def version(self) -> str:
+        return self.config.version
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.heads.parameters()).device
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Heads and adapters only: never the frozen backbone weights."""
+        state = self.state_dict()
+        return {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES) or ".lora_" in k}
+
+    def save_pretrained(self, folder: str | Path, card: str | None = None) -> Path:
+        """Write config.json, model.safetensors and (if given) README.md; atomic per file."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.config.save(folder)
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.trainable_state_dict().items()}
+        tmp = folder / (WEIGHTS_NAME + ".tmp")
+        save_file(tensors, str(tmp), metadata={"format": "pt", "version": self.config.version})
+        os.replace(tmp, folder / WEIGHTS_NAME)
+        if card is not None:
+            (folder / "README.md").write_text(card)
+        return folder
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        *,
+        cache: Path | None = None,
+        device: str | torch.device = "cpu",
+        load_backbones: bool = True,
+    ) -> EmotionModel:
+        """Load a model folder (local path, or Hub id with optional '@revision', e.g. 'me/emo@v3')."""
+        folder = resolve_model_folder(str(name_or_path))
+        config = EmotionConfig.load(folder)
+        model = build_model(config, cache=cache, device=device, load_backbones=load_backbones)
+        weights = folder / WEIGHTS_NAME
+        if weights.exists():
+            model.load_trainable(load_file(str(weights)))
+        else:
+            log.warning("model folder %s has no %s: heads are untrained", folder.name, WEIGHTS_NAME)
+        return model.to(device).eval()
+
+    def load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Load heads/adapters; every expected key must be present (strict over the trainable part)."""
+        expected = set(self.trainable_state_dict())
+        missing = sorted(expected - set(tensors))
+        unexpected = sorted(set(tensors) - set(self.state_dict()))
+        if missing or unexpected:
+            raise ModelError(
+                f"model weights do not match its config: {len(missing)} missing (e.g. {missing[:3]}), "
+                f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+            )
+        self.load_state_dict(tensors, strict=False)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        token: str | None = None,
+        private: bool = True,
+        tag: str | None = None,
+        card: str | None = None,
+        endpoint: str | None = None,
+        commit_message: str | None = None,
+    ) -> str:
+        """create_repo (private by default) + upload_folder + optional tag. Returns the commit URL/oid."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=endpoint, token=token or os.environ.get("HF_TOKEN"))
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, card=card)
+            info = api.upload_folder(
+                repo_id=repo_id,
+                folder_path=tmp,
+                commit_message=commit_message or f"emotion model {self.config.version}",
+            )
+        if tag:
+            api.create_tag(repo_id, tag=tag, tag_message=f"model {self.config.version}", exist_ok=True)
+        log.info("pushed model %s to %s", self.config.version, repo_id)
+        return str(getattr(info, "oid", info))
+
+
+def resolve_model_folder(name: str) -> Path:
+    """A local folder as is; otherwise a Hub repo id ('id' or 'id@revision') downloaded to the HF cache."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG_NAME).exists():
+            raise ModelError(f"{path.name} is not a model folder (no {CONFIG_NAME})")
+        return path
+    repo_id, _, revision = name.partition("@")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision or None))
+    except Exception as exc:  # offline, unknown repo, no access: one message a person can act on
+        raise ModelError(
+            f"cannot load model {name!r}: not a local folder and not downloadable from the Hub "
+            f"({type(exc).__name__}). Set EMO_MODEL to a model folder or a reachable repo id."
+        ) from exc
+
+
+def build_model(
+    config: EmotionConfig,
+    *,
+    cache: Path | None = None,
+    device: str | torch.device = "cpu",
+    load_backbones: bool = True,
+) -> EmotionModel:
+    """Fresh heads over the configured backbones, with adapters injected where the config asks."""
+    if not load_backbones:
+        return EmotionModel(config)
+    from backend.lexicon import load_lexicon
+    from backend.settings import load_settings
+    from backend.speech import load_speech_backbone
+    from backend.text import load_text_backbone
+
+    cache = Path(cache or load_settings().cache)
+    speech = load_speech_backbone(config.speech_backbone, cache, device=device)
+    text = load_text_backbone(config.text_backbone, device=device)
+    if speech.hidden_size != config.speech_dim or speech.num_layers + 1 != config.speech_num_states:
+        raise ModelError(
+            f"speech backbone {config.speech_backbone} has {speech.num_layers} layers of {speech.hidden_size}, "
+            f"but the model expects {config.speech_num_states - 1} of {config.speech_dim}"
+        )
+    if text.hidden_size != config.text_dim:
+        raise ModelError(f"text backbone width {text.hidden_size} != model's {config.text_dim}")
+    if config.speech_lora_rank:
+        inject_lora(
+            _speech_encoder(speech.model), config.speech_lora_targets, config.speech_lora_rank, config.lora_alpha
+        )
+    else:
+        speech.model.requires_grad_(False)
+    if config.text_lora_rank:
+        inject_lora(text.model, config.text_lora_targets, config.text_lora_rank, config.lora_alpha)
+    else:
+        text.model.requires_grad_(False)
+    lexicon = load_lexicon(text if config.lexicon_expansion else None, cache)
+    return EmotionModel(config, speech=speech, text=text, lexicon=lexicon)
+
+
+def _speech_encoder(model: nn.Module) -> nn.Module:
+    """The audio encoder inside a speech backbone model (Whisper: model.model.encoder)."""
+    inner = getattr(model, "model", model)
+    return getattr(inner, "encoder", inner)
