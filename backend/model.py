@@ -167,37 +167,49 @@ def build_model(
     cache: Path | None = None,
     device: str | torch.device = "cpu",
     load_backbones: bool = True,
+    modalities: tuple[str, ...] = ("speech", "text"),
+    adapt_dims: bool = False,
 ) -> EmotionModel:
-    """Fresh heads over the configured backbones, with adapters injected where the config asks."""
+    """Fresh heads over the configured backbones, with adapters injected where the config asks.
+
+    modalities: which backbones to load (a trainer of one branch needs only its own).
+    adapt_dims: set the config's backbone widths from the loaded backbones (new models only).
+    """
     if not load_backbones:
         return EmotionModel(config)
-    from backend.lexicon import load_lexicon
+    from backend.lexicon import LEXICON_FEATURES, load_lexicon
     from backend.settings import load_settings
     from backend.speech import load_speech_backbone
     from backend.text import load_text_backbone
 
     cache = Path(cache or load_settings().cache)
-    speech = load_speech_backbone(config.speech_backbone, cache, device=device)
-    text = load_text_backbone(config.text_backbone, device=device)
-    if speech.hidden_size != config.speech_dim or speech.num_layers + 1 != config.speech_num_states:
-        raise ModelError(
-            f"speech backbone {config.speech_backbone} has {speech.num_layers} layers of {speech.hidden_size}, "
-            f"but the model expects {config.speech_num_states - 1} of {config.speech_dim}"
-        )
-    if text.hidden_size != config.text_dim:
-        raise ModelError(f"text backbone width {text.hidden_size} != model's {config.text_dim}")
-    if config.speech_lora_rank:
-        inject_lora(
-            _speech_encoder(speech.model), config.speech_lora_targets, config.speech_lora_rank, config.lora_alpha
-        )
-    else:
+    speech = text = lexicon = None
+    if "speech" in modalities:
+        speech = load_speech_backbone(config.speech_backbone, cache, device=device)
+        speech.model.float()
+        if adapt_dims:
+            config.speech_dim, config.speech_num_states = speech.hidden_size, speech.num_layers + 1
+        if speech.hidden_size != config.speech_dim or speech.num_layers + 1 != config.speech_num_states:
+            raise ModelError(
+                f"speech backbone {config.speech_backbone} has {speech.num_layers} layers of {speech.hidden_size}, "
+                f"but the model expects {config.speech_num_states - 1} of {config.speech_dim}"
+            )
         speech.model.requires_grad_(False)
-    if config.text_lora_rank:
-        inject_lora(text.model, config.text_lora_targets, config.text_lora_rank, config.lora_alpha)
-    else:
+        if config.speech_lora_rank:
+            encoder = _speech_encoder(speech.model)
+            inject_lora(encoder, config.speech_lora_targets, config.speech_lora_rank, config.lora_alpha)
+    if "text" in modalities:
+        text = load_text_backbone(config.text_backbone, device=device)
+        text.model.float()
+        if adapt_dims:
+            config.text_dim, config.lexicon_dim = text.hidden_size, LEXICON_FEATURES
+        if text.hidden_size != config.text_dim:
+            raise ModelError(f"text backbone width {text.hidden_size} != model's {config.text_dim}")
         text.model.requires_grad_(False)
-    lexicon = load_lexicon(text if config.lexicon_expansion else None, cache)
-    return EmotionModel(config, speech=speech, text=text, lexicon=lexicon)
+        if config.text_lora_rank:
+            inject_lora(text.model, config.text_lora_targets, config.text_lora_rank, config.lora_alpha)
+        lexicon = load_lexicon(text if config.lexicon_expansion else None, cache)
+    return EmotionModel(config, speech=speech, text=text, lexicon=lexicon).to(device)
 
 
 def _speech_encoder(model: nn.Module) -> nn.Module:

@@ -1,0 +1,71 @@
+"""Branch forwards shared by the predictor, the evaluator and the trainers: media arrays -> logits.
+
+Gradients flow when the caller allows them (training); callers wrap inference in torch.inference_mode().
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from backend.labels import NUM_LABELS
+from backend.model import EmotionModel
+
+MAX_BATCH_SECONDS = 240.0  # audio seconds per speech forward on CPU; buckets keep padding low
+
+
+def length_buckets(lengths: list[int], max_batch: int, max_total: float) -> list[list[int]]:
+    """Indices grouped by similar length (sorted), each group at most max_batch items / max_total padded size."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = max([lengths[j] for j in current] + [lengths[i]])
+        if current and (len(current) >= max_batch or longest * (len(current) + 1) > max_total):
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def speech_forward(model: EmotionModel, audios: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """16 kHz mono clips (each <= 30 s) -> logits (B, 7), embeddings (B, E), in input order."""
+    from backend.speech import encoder_hidden_states
+
+    states, mask = encoder_hidden_states(model.speech, audios, trim=model.config.speech_trim)
+    head = model.heads.speech_head
+    return head(states.to(next(head.parameters()).dtype), mask)
+
+
+def speech_forward_batched(
+    model: EmotionModel, audios: list[np.ndarray], max_batch: int = 32, max_seconds: float = MAX_BATCH_SECONDS
+) -> torch.Tensor:
+    """Logits for many clips, length-bucketed to limit padding; returns (N, 7) float32 on CPU."""
+    out = torch.empty(len(audios), NUM_LABELS)
+    lengths = [len(a) for a in audios]
+    for group in length_buckets(lengths, max_batch, max_seconds * 16_000):
+        logits, _ = speech_forward(model, [audios[i] for i in group])
+        out[group] = logits.float().cpu()
+    return out
+
+
+def text_forward(model: EmotionModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Texts -> logits (B, 7), embeddings (B, E)."""
+    from backend.text import encode, mean_pool, tokenize
+
+    batch = tokenize(model.text, texts, max_length=model.config.text_max_length)
+    hidden, mask = encode(model.text, batch)
+    pooled = mean_pool(hidden, mask)
+    lex = torch.from_numpy(np.asarray(model.lexicon.features_batch(texts), dtype=np.float32)).to(pooled.device)
+    head = model.heads.text_head
+    return head(pooled.to(next(head.parameters()).dtype), lex)
+
+
+def face_forward(model: EmotionModel, crops: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Face crops (N, 48, 48) float in [0, 1] -> logits (N, 7), embeddings (N, E)."""
+    x = torch.as_tensor(crops, dtype=torch.float32, device=model.device)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return model.heads.face_net(x)

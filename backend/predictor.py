@@ -1,0 +1,229 @@
+"""Predictor: Sample(s) in, Prediction(s) out. One cached instance per process (load_predictor)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from backend.branches import face_forward, speech_forward_batched, text_forward
+from backend.labels import LABELS, MODALITIES
+from backend.model import EmotionModel
+from backend.settings import Settings, load_settings
+from backend.types import SAMPLE_RATE, Face, ModalityResult, Prediction, Sample, Segment, probs_dict
+
+log = logging.getLogger(__name__)
+
+WHISPER_MAX_SECONDS = 30.0  # Whisper's positional table covers 30 s; longer audio is windowed
+
+
+def pick_device(setting: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def windows(n_samples: int, seconds: float, hop: float) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of fixed windows with overlap, the last one flush with the end."""
+    size, step = int(seconds * SAMPLE_RATE), int(hop * SAMPLE_RATE)
+    if n_samples <= size:
+        return [(0, n_samples)]
+    starts = list(range(0, n_samples - size + 1, step))
+    if starts[-1] + size < n_samples:
+        starts.append(n_samples - size)
+    return [(s, s + size) for s in starts]
+
+
+@dataclass
+class _Work:
+    """Per-batch scratch: which sample each unit of work belongs to."""
+
+    speech_units: list[tuple[int, str, int, int]] = field(default_factory=list)  # (sample, kind, start, end)
+    speech_probs: dict[int, np.ndarray] = field(default_factory=dict)
+    segments: dict[int, list[Segment]] = field(default_factory=dict)
+    text_probs: dict[int, np.ndarray] = field(default_factory=dict)
+    transcripts: dict[int, str] = field(default_factory=dict)
+    faces: dict[int, list[Face]] = field(default_factory=dict)
+    face_probs: dict[int, np.ndarray] = field(default_factory=dict)
+    notes: dict[int, list[str]] = field(default_factory=dict)
+
+
+class Predictor:
+    """Runs every present modality of each sample, then the fusion gate."""
+
+    def __init__(self, model: EmotionModel, settings: Settings | None = None) -> None:
+        self.model = model.eval()
+        self.settings = settings or load_settings()
+        self.lock = threading.Lock()  # one forward at a time per process; Gradio's queue does the rest
+
+    @property
+    def model_version(self) -> str:
+        return self.model.version
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def predict(self, sample: Sample) -> Prediction:
+        return self.predict_batch([sample])[0]
+
+    def predict_batch(self, samples: list[Sample], faces_are_crops: bool = False) -> list[Prediction]:
+        """Predict many samples; faces_are_crops: frames are already face crops (e.g. FER2013 images)."""
+        start = time.perf_counter()
+        work = _Work(notes={i: [] for i in range(len(samples))})
+        with self.lock, torch.inference_mode(), self._autocast():
+            self._run_speech(samples, work)
+            self._run_asr(samples, work)
+            self._run_text(samples, work)
+            self._run_faces(samples, work, faces_are_crops)
+        elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
+        return [self._fuse(i, s, work, elapsed) for i, s in enumerate(samples)]
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _calibrated(self, logits: torch.Tensor, modality: str) -> np.ndarray:
+        return self.model.heads.gate.calibrated(logits.to(self.device), modality).float().cpu().numpy()
+
+    def _run_speech(self, samples: list[Sample], work: _Work) -> None:
+        s = self.settings
+        for i, sample in enumerate(samples):
+            if sample.audio is None:
+                continue
+            n = len(sample.audio)
+            if sample.duration <= WHISPER_MAX_SECONDS:
+                work.speech_units.append((i, "whole", 0, n))
+            if sample.duration >= s.timeline_min_seconds or sample.duration > WHISPER_MAX_SECONDS:
+                for a, b in windows(n, s.segment_seconds, s.segment_hop):
+                    work.speech_units.append((i, "segment", a, b))
+        if not work.speech_units:
+            return
+        clips = [samples[i].audio[a:b] for i, _, a, b in work.speech_units]
+        probs = self._calibrated(speech_forward_batched(self.model, clips), "speech")
+        for (i, kind, a, b), p in zip(work.speech_units, probs):
+            if kind == "whole":
+                work.speech_probs[i] = p
+            else:
+                work.segments.setdefault(i, []).append(Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, probs_dict(p)))
+        for i, segs in work.segments.items():
+            if i not in work.speech_probs:  # longer than Whisper's window: average the timeline
+                work.speech_probs[i] = np.mean([[seg.probs[k] for k in LABELS] for seg in segs], axis=0)
+
+    def _run_asr(self, samples: list[Sample], work: _Work) -> None:
+        if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper":
+            return
+        from backend.lora import lora_disabled
+        from backend.speech import transcribe
+
+        todo = [i for i, smp in enumerate(samples) if smp.audio is not None and not smp.text]
+        chunks, owners = [], []
+        for i in todo:
+            audio = samples[i].audio
+            step = int(WHISPER_MAX_SECONDS * SAMPLE_RATE)
+            for a in range(0, len(audio), step):
+                chunks.append(audio[a : a + step])
+                owners.append(i)
+        if not chunks:
+            return
+        with lora_disabled(self.model.speech.model):
+            texts = transcribe(self.model.speech, chunks, language=self.settings.asr_language)
+        for i, t in zip(owners, texts):
+            work.transcripts[i] = (work.transcripts.get(i, "") + " " + t).strip()
+
+    def _run_text(self, samples: list[Sample], work: _Work) -> None:
+        idx, texts = [], []
+        for i, smp in enumerate(samples):
+            text = smp.text or work.transcripts.get(i, "")
+            if text.strip():
+                idx.append(i)
+                texts.append(text)
+        for a in range(0, len(texts), 64):
+            logits, _ = text_forward(self.model, texts[a : a + 64])
+            for i, p in zip(idx[a : a + 64], self._calibrated(logits, "text")):
+                work.text_probs[i] = p
+
+    def _run_faces(self, samples: list[Sample], work: _Work, faces_are_crops: bool) -> None:
+        from backend.face import crop_faces, detect_faces
+
+        size = self.model.config.face_size
+        crops, owners = [], []  # owners: (sample, frame, box, is_main)
+        for i, smp in enumerate(samples):
+            for f, frame in enumerate(smp.frames or []):
+                if faces_are_crops:
+                    h, w = frame.shape[:2]
+                    crops.append(crop_faces(frame, [(0, 0, w, h)], size=size, margin=0.0)[0])
+                    owners.append((i, f, (0, 0, w, h), True))
+                    continue
+                boxes = detect_faces(frame)
+                for k, crop in enumerate(crop_faces(frame, boxes, size=size)):
+                    crops.append(crop)
+                    owners.append((i, f, tuple(int(v) for v in boxes[k]), k == 0))
+            if smp.frames and not any(o[0] == i for o in owners):
+                work.notes[i].append("No face found in the image or video; the face was not read.")
+        if not crops:
+            return
+        probs = np.concatenate(
+            [
+                self._calibrated(face_forward(self.model, np.stack(crops[a : a + 256]))[0], "face")
+                for a in range(0, len(crops), 256)
+            ]
+        )
+        main: dict[int, list[np.ndarray]] = {}
+        for (i, f, box, is_main), p in zip(owners, probs):
+            work.faces.setdefault(i, []).append(Face(box=box, frame_index=f, probs=probs_dict(p)))
+            if is_main:
+                main.setdefault(i, []).append(p)
+        for i, ps in main.items():
+            work.face_probs[i] = np.mean(ps, axis=0)
+
+    def _fuse(self, i: int, sample: Sample, work: _Work, latency_ms: float) -> Prediction:
+        present = {
+            m: torch.from_numpy(np.asarray(src[i], dtype=np.float32)).unsqueeze(0)
+            for m, src in (("speech", work.speech_probs), ("text", work.text_probs), ("face", work.face_probs))
+            if i in src
+        }
+        if not present:
+            raise ValueError("nothing to predict: the sample has no usable audio, text or face")
+        gate = self.model.heads.gate
+        with torch.inference_mode():
+            fused, weights = gate({m: p.to(gate.bias.device) for m, p in present.items()})
+        modalities = {
+            m: ModalityResult(probs=probs_dict(present[m][0].numpy()), weight=float(weights[m][0]))
+            for m in MODALITIES
+            if m in present
+        }
+        text = sample.text or work.transcripts.get(i)
+        words = self.model.lexicon.tag_words(text) if text else []
+        return Prediction(
+            probs=probs_dict(fused[0].float().cpu().numpy()),
+            modalities=modalities,
+            model_version=self.model_version,
+            transcript=work.transcripts.get(i),
+            words=words,
+            faces=work.faces.get(i, []),
+            timeline=work.segments.get(i, []),
+            duration=sample.duration,
+            latency_ms=latency_ms,
+            notes=work.notes[i],
+        )
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_predictor(name: str, settings: Settings) -> Predictor:
+    device = pick_device(settings.device)
+    log.info("loading model %s on %s", name, device)
+    return Predictor(EmotionModel.from_pretrained(name, cache=settings.cache, device=device), settings)
+
+
+def load_predictor(model: str | None = None, settings: Settings | None = None) -> Predictor:
+    """The process's predictor for a model path/Hub id (default: settings.model); loaded once per process."""
+    settings = settings or load_settings()
+    return _cached_predictor(str(model or settings.model), settings)

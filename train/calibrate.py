@@ -1,0 +1,23 @@
+"""Temperature scaling (Guo et al. 2017): one scalar per branch, fitted on that branch's dev logits."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
+    """logits (N, C), labels (N,) -> temperature T > 0 minimising dev NLL of softmax(logits / T)."""
+    assert logits.dim() == 2 and labels.shape == logits.shape[:1], f"got {logits.shape} and {labels.shape}"
+    logits, labels = logits.detach().float().cpu(), labels.detach().long().cpu()
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().clamp(0.05, 20.0))
