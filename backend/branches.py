@@ -69,3 +69,15 @@ def face_forward(model: EmotionModel, crops: np.ndarray | torch.Tensor) -> tuple
     if x.dim() == 3:
         x = x.unsqueeze(1)
     return model.heads.face_net(x)
+
+
+def face_eval_logits(model: EmotionModel, crops: np.ndarray | torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """Inference logits (N, 7) float32 on CPU, averaged with the mirrored face (test-time augmentation)."""
+    x = torch.as_tensor(crops, dtype=torch.float32)
+    x = x.unsqueeze(1) if x.dim() == 3 else x
+    net = model.heads.face_net
+    outs = []
+    for a in range(0, len(x), batch):
+        part = x[a : a + batch].to(model.device)
+        outs.append(((net(part)[0].float() + net(part.flip(-1))[0].float()) / 2).cpu())
+    return torch.cat(outs) if outs else torch.empty(0, NUM_LABELS)

@@ -42,6 +42,9 @@ logger = logging.getLogger(__name__)
 MIN_SAMPLE_RATE = 8_000  # Hz: telephone audio, the lowest rate accepted
 MAX_SAMPLE_RATE = 192_000  # Hz: studio audio, the highest rate accepted
 MIN_AUDIO_SECONDS = 0.1  # shorter clips hold no readable emotion
+RESAMPLE_CHUNK_SECONDS = 30.0  # input seconds resampled per torchaudio call (bounds memory)
+RESAMPLE_FILTER_WIDTH = 6  # torchaudio's default lowpass_filter_width (zero crossings)
+RESAMPLE_ROLLOFF = 0.99  # torchaudio's default rolloff (fraction of the Nyquist frequency kept)
 MAX_RESAMPLE_RATIO = 2_000  # rate / gcd(rate, 16 kHz) above this is snapped to 100 Hz (kernel size)
 TRUNCATION_TOLERANCE = 0.02  # fraction of the header's frame count that may be missing at the end
 READ_BLOCK_FRAMES = 1 << 20  # frames per block when mixing down long multichannel files
@@ -52,6 +55,7 @@ HEAD_BYTES = 64  # bytes read to sniff a container
 MAX_SCAN_FRAMES = 200_000  # frames counted in a video whose header has no frame count (~1 h at 60 fps)
 MAX_FPS = 240.0  # above this a video's reported frame rate is a time base, not a frame rate
 TEXT_WORK_FACTOR = 4  # raw text longer than this many times max_text_chars is refused before cleaning
+WAV_SHORT_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)  # libsndfile's log
 KEEP_FORMAT_CHARS = {"\u200c", "\u200d"}  # zero-width (non-)joiner: Persian words, emoji sequences
 
 # Containers that libsndfile cannot read but ffmpeg can: (offset, magic bytes).
@@ -187,11 +191,27 @@ def _decode_soundfile(path: Path, settings: Settings) -> tuple[np.ndarray, int] 
             except (sf.LibsndfileError, RuntimeError):
                 raise MediaError(MSG_DAMAGED_AUDIO) from None
             expected, rate = audio.frames, audio.samplerate
+            if _wav_data_missing(audio.extra_info):
+                raise MediaError(MSG_DAMAGED_AUDIO)
     mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     if len(mono) < expected * (1.0 - TRUNCATION_TOLERANCE):
         logger.info("audio truncated: %d of %d frames", len(mono), expected)
         raise MediaError(MSG_DAMAGED_AUDIO)
     return mono, rate
+
+
+def _wav_data_missing(log: str) -> bool:
+    """True when a wav header promises more data than the file holds (a cut-off upload).
+
+    libsndfile reads such files without error, logging "data : <header> (should be <actual>)";
+    recorders that never finalised the header write 0 or 0xFFFFFFFF there, which is not a cut.
+    """
+    match = WAV_SHORT_DATA.search(log)
+    if match is None:
+        return False
+    claimed, actual = int(match.group(1)), int(match.group(2))
+    placeholder = claimed == 0 or claimed >= 0x7FFFFFFF
+    return not placeholder and actual < claimed * (1.0 - TRUNCATION_TOLERANCE)
 
 
 def _probe_duration(path: Path) -> float | None:
@@ -262,7 +282,7 @@ def prepare_audio(waveform: np.ndarray, sample_rate: int, settings: Settings | N
     _check_duration(seconds, settings)
     if seconds < MIN_AUDIO_SECONDS:
         raise MediaError(MSG_TOO_SHORT.format(seconds=seconds))
-    peak = float(np.abs(mono).max())
+    peak = max(float(mono.max()), -float(mono.min()))
     if peak > 1.0:
         mono = mono / peak  # float audio outside [-1, 1]: scale rather than let the model see clipping
     audio = _resample(mono, int(sample_rate))
@@ -310,19 +330,34 @@ def _to_mono(waveform: np.ndarray) -> np.ndarray:
 
 
 def _resample(mono: np.ndarray, rate: int) -> np.ndarray:
-    """torchaudio band-limited resampling to 16 kHz; odd rates are snapped to 100 Hz first.
+    """torchaudio band-limited resampling to 16 kHz, in chunks; odd rates are snapped to 100 Hz first.
 
     torchaudio's kernel is (16000/g, rate/g) with g = gcd: a rate like 191,999 Hz would need ~12 GB.
     Snapping changes pitch by at most 50 Hz / 8 kHz = 0.6% (at 8 kHz; far less at usual rates).
+    One call on 10 min of audio needs ~5x its size in memory, so long audio goes in chunks that
+    start on multiples of rate/g and carry enough context to give the same samples as one call.
     """
     if rate == SAMPLE_RATE:
         return np.ascontiguousarray(mono, dtype=np.float32)
     if rate // math.gcd(rate, SAMPLE_RATE) > MAX_RESAMPLE_RATIO:
         rate = round(rate / 100) * 100
+    gcd = math.gcd(rate, SAMPLE_RATE)
+    orig, new = rate // gcd, SAMPLE_RATE // gcd
+    step = orig * max(1, int(RESAMPLE_CHUNK_SECONDS * rate) // orig)  # input samples per chunk
+    width = math.ceil(RESAMPLE_FILTER_WIDTH * orig / (RESAMPLE_ROLLOFF * min(orig, new)))
+    context = orig * (width // orig + 2)  # input samples either side; covers the kernel's reach
     tensor = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    pieces = []
     with torch.inference_mode():
-        out = torchaudio.functional.resample(tensor, rate, SAMPLE_RATE)
-    return out.numpy().astype(np.float32, copy=False)
+        for start in range(0, len(mono), step):
+            low, high = max(0, start - context), min(len(mono), start + step + context)
+            out = torchaudio.functional.resample(
+                tensor[low:high], rate, SAMPLE_RATE, RESAMPLE_FILTER_WIDTH, RESAMPLE_ROLLOFF
+            )
+            skip = (start - low) // orig * new
+            pieces.append(out[skip : skip + step // orig * new].numpy())
+    total = math.ceil(new * len(mono) / orig)
+    return np.concatenate(pieces)[:total].astype(np.float32, copy=False)
 
 
 def _rms(audio: np.ndarray) -> float:

@@ -21,8 +21,11 @@ def eval_results(metrics: dict[str, dict]) -> list[EvalResult]:
             if metric in m and m[metric] is not None:
                 results.append(
                     EvalResult(
-                        task_type="audio-classification" if m.get("modality") == "speech" else "text-classification"
-                        if m.get("modality") == "text" else "image-classification",
+                        task_type="audio-classification"
+                        if m.get("modality") == "speech"
+                        else "text-classification"
+                        if m.get("modality") == "text"
+                        else "image-classification",
                         dataset_type=m.get("dataset_type", name),
                         dataset_name=name,
                         dataset_split=m.get("split", "dev"),

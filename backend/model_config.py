@@ -36,7 +36,7 @@ class EmotionConfig:
     text_max_length: int = 128
     text_lora_rank: int = 8
     text_lora_targets: list[str] = field(default_factory=lambda: ["query", "value"])
-    lexicon_dim: int = 12
+    lexicon_dim: int = 24
     lexicon_expansion: bool = True
     # face
     face_size: int = 48

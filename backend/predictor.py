@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from backend.branches import face_forward, speech_forward_batched, text_forward
+from backend.branches import face_eval_logits, speech_forward_batched, text_forward
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
 from backend.settings import Settings, load_settings
@@ -151,7 +151,9 @@ class Predictor:
                 work.text_probs[i] = p
 
     def _run_faces(self, samples: list[Sample], work: _Work, faces_are_crops: bool) -> None:
-        from backend.face import crop_faces, detect_faces
+        import cv2
+
+        from backend.face import crop_faces, detect_faces, normalize_face, to_gray
 
         size = self.model.config.face_size
         crops, owners = [], []  # owners: (sample, frame, box, is_main)
@@ -159,7 +161,7 @@ class Predictor:
             for f, frame in enumerate(smp.frames or []):
                 if faces_are_crops:
                     h, w = frame.shape[:2]
-                    crops.append(crop_faces(frame, [(0, 0, w, h)], size=size, margin=0.0)[0])
+                    crops.append(normalize_face(cv2.resize(to_gray(frame), (size, size), interpolation=cv2.INTER_AREA)))
                     owners.append((i, f, (0, 0, w, h), True))
                     continue
                 boxes = detect_faces(frame)
@@ -170,12 +172,7 @@ class Predictor:
                 work.notes[i].append("No face found in the image or video; the face was not read.")
         if not crops:
             return
-        probs = np.concatenate(
-            [
-                self._calibrated(face_forward(self.model, np.stack(crops[a : a + 256]))[0], "face")
-                for a in range(0, len(crops), 256)
-            ]
-        )
+        probs = self._calibrated(face_eval_logits(self.model, np.stack(crops)), "face")
         main: dict[int, list[np.ndarray]] = {}
         for (i, f, box, is_main), p in zip(owners, probs):
             work.faces.setdefault(i, []).append(Face(box=box, frame_index=f, probs=probs_dict(p)))

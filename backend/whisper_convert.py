@@ -388,8 +388,7 @@ def ensure_converted(alias: str, cache: Path) -> Path:
     try:
         convert_source(source, tmp)
         files = {
-            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _file_sha256(p)}
-            for p in _output_files(tmp)
+            str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _file_sha256(p)} for p in _output_files(tmp)
         }
         record = {"format": FORMAT_VERSION, "alias": alias, "source_sha256": digest, "files": files}
         (tmp / MARKER).write_text(json.dumps(record, indent=1), encoding="utf-8")

@@ -91,9 +91,7 @@ def rank(db: Database, rows: list[dict[str, Any]], k: int) -> list[dict[str, Any
         uncertainty = 1.0 if row["entropy"] is None else row["entropy"]
         rarity = 0.0 if not most or row["top_label"] is None else 1.0 - predicted[row["top_label"]] / most
         row["value"] = (
-            W_UNCERTAINTY * uncertainty
-            + W_DISAGREEMENT * disagreement(votes.get(row["id"], {}))
-            + W_RARITY * rarity
+            W_UNCERTAINTY * uncertainty + W_DISAGREEMENT * disagreement(votes.get(row["id"], {})) + W_RARITY * rarity
         )
     return sorted(rows, key=lambda r: (-r["value"], -r["n_votes"], r["created"], r["id"]))
 

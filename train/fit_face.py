@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from backend.branches import face_eval_logits
+from backend.face import normalize_face
 from backend.model import build_model
 from backend.model_config import EmotionConfig
 from train.augment import augment_faces
@@ -35,18 +37,11 @@ class FaceFitConfig:
     limit: int = 0
 
 
-def face_logits(model, images: torch.Tensor, batch: int = 1024, flip_tta: bool = True) -> torch.Tensor:
-    """Eval logits for (N, 1, 48, 48) images; averages with the mirrored image (test-time augmentation)."""
-    net = model.heads.face_net.eval()
-    outs = []
+def face_logits(model, images: torch.Tensor) -> torch.Tensor:
+    """Eval logits with the mirrored-face averaging the predictor uses."""
+    model.heads.face_net.eval()
     with torch.inference_mode():
-        for a in range(0, len(images), batch):
-            x = images[a : a + batch]
-            logits = net(x)[0].float()
-            if flip_tta:
-                logits = (logits + net(x.flip(-1))[0].float()) / 2
-            outs.append(logits.cpu())
-    return torch.cat(outs)
+        return face_eval_logits(model, images)
 
 
 def train_face(cfg: FaceFitConfig) -> dict:
@@ -62,7 +57,11 @@ def train_face(cfg: FaceFitConfig) -> dict:
             x_val[: cfg.limit],
             y_val[: cfg.limit],
         )
-    to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a)).float().div(255).unsqueeze(1).to(device)  # noqa: E731
+
+    def to_tensor(images: np.ndarray) -> torch.Tensor:  # same brightness/contrast framing as crops at inference
+        normalized = np.stack([normalize_face(img) for img in images]).astype(np.float32)
+        return torch.from_numpy(normalized).unsqueeze(1).to(device)
+
     xt, xv = to_tensor(x_train), to_tensor(x_val)
     yt, yv = torch.from_numpy(y_train).long().to(device), torch.from_numpy(y_val).long()
     model = build_model(EmotionConfig(), load_backbones=False).to(device)

@@ -1,0 +1,325 @@
+"""Speech backbone: Whisper (or a self-supervised audio encoder) for features, and Whisper for ASR.
+
+The encoder runs on whole batches in torch so training can fine-tune it; log-mel is computed in torch
+(GPU when the model is there) with the numerics of transformers' WhisperFeatureExtractor.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    PreTrainedModel,
+    WhisperConfig,
+    WhisperFeatureExtractor,
+    WhisperForConditionalGeneration,
+    WhisperProcessor,
+)
+from transformers.audio_utils import mel_filter_bank
+
+from backend import whisper_convert
+from backend.errors import ModelError
+from backend.types import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+N_FFT = 400  # 25 ms window at 16 kHz
+HOP_LENGTH = 160  # 10 ms: 100 mel frames per second
+CHUNK_SECONDS = 30  # Whisper's context
+N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples
+N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames -> 1500 encoder frames
+MIN_FRAMES = 100  # trimmed batches are padded to at least 1 s of mel frames
+
+
+@dataclass
+class SpeechBackbone:
+    """A loaded speech model. kind "whisper": model is a WhisperForConditionalGeneration (encoder + ASR),
+    processor a WhisperProcessor; kind "ssl": model is e.g. Wav2Vec2Model, processor its feature extractor."""
+
+    name: str
+    kind: str
+    model: PreTrainedModel
+    processor: Any
+    hidden_size: int
+    num_layers: int
+    sampling_rate: int = SAMPLE_RATE
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+
+@functools.lru_cache(maxsize=4)
+def _mel_filters(n_mels: int) -> torch.Tensor:
+    """Slaney mel filter bank, (n_mels, 1 + N_FFT // 2), the one WhisperFeatureExtractor uses."""
+    bank = mel_filter_bank(
+        num_frequency_bins=1 + N_FFT // 2,
+        num_mel_filters=n_mels,
+        min_frequency=0.0,
+        max_frequency=8000.0,
+        sampling_rate=SAMPLE_RATE,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(bank.T).float()
+
+
+def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+    """Whisper log-mel of a batch: audio (B, n) float 16 kHz -> (B, n_mels, n // HOP_LENGTH).
+
+    Same steps as WhisperFeatureExtractor: periodic Hann STFT (center, reflect), power, mel, log10
+    clamped at 1e-10, floor at each clip's max - 8, then (x + 4) / 4. Needs n > N_FFT // 2.
+    """
+    assert audio.dim() == 2, f"expected audio (B, n), got shape {tuple(audio.shape)}"
+    audio = audio.float()
+    window = torch.hann_window(N_FFT, device=audio.device)
+    stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
+    power = (stft[..., :-1].abs() ** 2).contiguous()  # the last frame is dropped, as HF does
+    mel = _mel_filters(n_mels).to(audio.device) @ power
+    logs = torch.clamp(mel, min=1e-10).log10()
+    logs = torch.maximum(logs, logs.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return (logs + 4.0) / 4.0
+
+
+def _split_revision(name: str) -> tuple[str, str | None]:
+    if "@" in name and not Path(name).exists():
+        repo, revision = name.rsplit("@", 1)
+        return repo, revision
+    return name, None
+
+
+def load_speech_backbone(
+    name: str, cache: Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> SpeechBackbone:
+    """Load an offline alias (whisper-base, whisper-small, whisper-tiny.en; converted once into cache),
+    a local folder, or a Hub id ("id@revision" pins one) of Whisper or a wav2vec2/HuBERT/WavLM encoder.
+
+    dtype defaults to float32 (the cached conversion is stored as float16, CT2's own precision).
+    """
+    if name in whisper_convert.ALIASES:
+        source, revision = str(whisper_convert.ensure_converted(name, cache)), None
+    else:
+        source, revision = _split_revision(name)
+    dtype = dtype or torch.float32
+    try:
+        config = AutoConfig.from_pretrained(source, revision=revision)
+        if config.model_type == "whisper":
+            backbone = _load_whisper(name, source, revision, dtype)
+        else:
+            backbone = _load_ssl(name, source, revision, dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"cannot load speech backbone {name!r}: {exc}. Offline, use one of "
+            f"{', '.join(whisper_convert.ALIASES)}, a local folder, or a Hub id already in the HF cache."
+        ) from exc
+    backbone.model.to(device).eval()
+    return backbone
+
+
+def _load_whisper(name: str, source: str, revision: str | None, dtype: torch.dtype) -> SpeechBackbone:
+    model, info = WhisperForConditionalGeneration.from_pretrained(
+        source, revision=revision, dtype=dtype, output_loading_info=True
+    )
+    bad = {k: v for k, v in info.items() if k != "error_msgs" and v}
+    if bad or info.get("error_msgs"):
+        raise ModelError(f"{name}: checkpoint does not match WhisperForConditionalGeneration: {info}")
+    processor = WhisperProcessor.from_pretrained(source, revision=revision)
+    config = model.config
+    return SpeechBackbone(name, "whisper", model, processor, config.d_model, config.encoder_layers)
+
+
+def _load_ssl(name: str, source: str, revision: str | None, dtype: torch.dtype) -> SpeechBackbone:
+    model = AutoModel.from_pretrained(source, revision=revision, dtype=dtype)
+    if getattr(model, "main_input_name", None) != "input_values" or not hasattr(
+        model, "_get_feat_extract_output_lengths"
+    ):
+        raise ModelError(f"{name} is a {model.config.model_type} model, not a raw-audio speech encoder")
+    extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
+    config = model.config
+    return SpeechBackbone(name, "ssl", model, extractor, config.hidden_size, config.num_hidden_layers)
+
+
+def _pad_batch(audio: list[np.ndarray] | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Audio list or (B, n) tensor -> zero-padded (B, n_max) float32 on device and lengths (B,)."""
+    if isinstance(audio, torch.Tensor):
+        batch = audio.unsqueeze(0) if audio.dim() == 1 else audio
+        assert batch.dim() == 2, f"expected audio (B, n), got shape {tuple(audio.shape)}"
+        lengths = torch.full((batch.shape[0],), batch.shape[1], dtype=torch.long)
+        return batch.to(device, torch.float32), lengths.to(device)
+    assert len(audio) > 0, "expected at least one clip"
+    clips = [torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(-1)) for a in audio]
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
+    batch = nn.utils.rnn.pad_sequence(clips, batch_first=True)
+    return batch.to(device), lengths.to(device)
+
+
+def encoder_hidden_states(
+    backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor, trim: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """All encoder hidden states (B, num_layers + 1, T', D) and a bool mask (B, T') of frames inside each clip.
+
+    Whisper, trim=True: the batch is padded only to its longest clip (even frame count, >= MIN_FRAMES);
+    trim=False: padded to 30 s, the standard computation. Index 0 is the embedding output, the last
+    one is after the final layer norm (as transformers returns them). No torch.no_grad here: callers
+    that fine-tune get gradients.
+    """
+    if backbone.kind == "whisper":
+        return _whisper_states(backbone, audio, trim)
+    return _ssl_states(backbone, audio)
+
+
+def _whisper_states(
+    backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor, trim: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    encoder = backbone.model.get_encoder()
+    wave, lengths = _pad_batch(audio, backbone.device)
+    longest = wave.shape[1]
+    if longest > N_SAMPLES:
+        raise ValueError(f"Whisper's encoder takes at most {CHUNK_SECONDS} s; split clips of {longest} samples")
+    frames = N_FRAMES
+    if trim:
+        frames = max(MIN_FRAMES, math.ceil(longest / HOP_LENGTH))
+        frames = min(N_FRAMES, frames + frames % 2)
+    wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - longest))
+    mel = log_mel(wave, encoder.config.num_mel_bins).to(backbone.dtype)
+    states = whisper_encoder_states(encoder, mel)
+    valid_mel = torch.clamp(torch.div(lengths + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor"), max=frames)
+    valid = torch.div(valid_mel + 1, 2, rounding_mode="floor")
+    mask = torch.arange(states.shape[2], device=states.device)[None, :] < valid[:, None]
+    return states, mask
+
+
+def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
+    """Run a transformers WhisperEncoder on mel (B, n_mels, T), any even T <= 3000 -> (B, L + 1, T / 2, D).
+
+    transformers' forward() refuses T != 3000; this uses its submodules with the first T / 2 positional
+    embeddings, so it equals forward() at T = 3000 and is much faster on short clips.
+    """
+    n_mels, max_positions = encoder.config.num_mel_bins, encoder.embed_positions.weight.shape[0]
+    assert mel.dim() == 3 and mel.shape[1] == n_mels, f"expected mel (B, {n_mels}, T), got {tuple(mel.shape)}"
+    assert mel.shape[2] % 2 == 0 and mel.shape[2] <= 2 * max_positions, (
+        f"expected an even number of mel frames <= {2 * max_positions}, got {mel.shape[2]}"
+    )
+    x = nn.functional.gelu(encoder.conv1(mel))
+    x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
+    x = x + encoder.embed_positions.weight[: x.shape[1]]
+    x = nn.functional.dropout(x, p=encoder.dropout, training=encoder.training)
+    states = [x]
+    for layer in encoder.layers:  # WhisperEncoderLayer.forward(hidden_states, attention_mask, **kwargs)
+        x = layer(x, None)
+        states.append(x)
+    states[-1] = encoder.layer_norm(x)
+    return torch.stack(states, dim=1)
+
+
+def _ssl_states(backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """wav2vec2-style encoders: normalise each clip like their feature extractor, then run with all states."""
+    extractor, model = backbone.processor, backbone.model
+    wave, lengths = _pad_batch(audio, backbone.device)
+    sample_mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+    if getattr(extractor, "do_normalize", False):  # zero mean, unit variance over the valid samples
+        count = lengths[:, None].float()
+        mean = (wave * sample_mask).sum(1, keepdim=True) / count
+        var = (((wave - mean) * sample_mask) ** 2).sum(1, keepdim=True) / count
+        wave = torch.where(sample_mask, (wave - mean) / torch.sqrt(var + 1e-7), 0.0)
+    kwargs: dict[str, Any] = {"output_hidden_states": True}
+    if getattr(extractor, "return_attention_mask", False):  # models trained without it must not get one
+        kwargs["attention_mask"] = sample_mask.long()
+    out = model(wave.to(backbone.dtype), **kwargs)
+    states = torch.stack(out.hidden_states, dim=1)
+    valid = model._get_feat_extract_output_lengths(lengths)
+    mask = torch.arange(states.shape[2], device=states.device)[None, :] < valid[:, None]
+    return states, mask
+
+
+def transcribe(
+    backbone: SpeechBackbone,
+    audio: list[np.ndarray],
+    language: str | None = None,
+    max_new_tokens: int = 96,
+    batch_size: int = 8,
+) -> list[str]:
+    """Whisper ASR: one stripped transcript per clip. Clips over 30 s are cut into 30 s pieces whose
+    texts are joined. language None: Whisper detects it per piece (multilingual models)."""
+    if backbone.kind != "whisper":
+        raise ModelError("this speech backbone has no ASR")
+    pieces, owners = [], []
+    for index, clip in enumerate(audio):
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        for start in range(0, max(len(clip), 1), N_SAMPLES):
+            pieces.append(clip[start : start + N_SAMPLES])
+            owners.append(index)
+    texts = []
+    for start in range(0, len(pieces), batch_size):
+        texts += _generate(backbone, pieces[start : start + batch_size], language, max_new_tokens)
+    joined: list[list[str]] = [[] for _ in audio]
+    for owner, text in zip(owners, texts):
+        joined[owner].append(text.strip())
+    return [" ".join(t for t in parts if t) for parts in joined]
+
+
+def _generate(backbone: SpeechBackbone, pieces: list[np.ndarray], language: str | None, max_new: int) -> list[str]:
+    model = backbone.model
+    wave, _ = _pad_batch(pieces, backbone.device)
+    wave = nn.functional.pad(wave, (0, N_SAMPLES - wave.shape[1]))
+    mel = log_mel(wave, model.config.num_mel_bins).to(backbone.dtype)
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new}
+    if getattr(model.generation_config, "is_multilingual", False):
+        kwargs.update(task="transcribe", language=language)
+    elif language not in (None, "en"):
+        log.warning("%s is English-only; ignoring language=%s", backbone.name, language)
+    with torch.no_grad():
+        ids = model.generate(mel, **kwargs)
+    return backbone.processor.batch_decode(ids, skip_special_tokens=True)
+
+
+def tiny_whisper_backbone(tmp_dir: Path) -> SpeechBackbone:
+    """A tiny random Whisper (d_model 64, 2 layers) with the real multilingual tokenizer, saved and
+    loaded back through load_speech_backbone; for fast unit tests of code that needs a backbone."""
+    source = whisper_convert.find_source(whisper_convert.DEFAULT_ALIAS)
+    tokenizer = _wheel_tokenizer(source.tokenizer)
+    ct2_config = json.loads(source.config.read_text(encoding="utf-8"))
+    eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    config = WhisperConfig(
+        vocab_size=len(tokenizer),
+        num_mel_bins=80,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+        pad_token_id=eot,
+        bos_token_id=eot,
+        eos_token_id=eot,
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids("<|startoftranscript|>"),
+    )
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = whisper_convert.build_generation_config(tokenizer, ct2_config, config)
+    folder = Path(tmp_dir) / "tiny-whisper"
+    model.save_pretrained(folder)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tokenizer).save_pretrained(folder)
+    return load_speech_backbone(str(folder), cache=Path(tmp_dir))
+
+
+@functools.lru_cache(maxsize=2)
+def _wheel_tokenizer(path: Path) -> Any:
+    return whisper_convert.load_wheel_tokenizer(path)

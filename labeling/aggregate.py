@@ -1,0 +1,122 @@
+"""From votes to one label per clip: majority, soft distribution and a reliability-weighted label.
+
+Reliability is an annotator's gold accuracy, Laplace-smoothed: (credit + 1) / (gold votes + 2),
+so 0.5 before any gold item and near 0 for a spammer who labels every gold clip 'happy'. A vote's
+weight is that accuracy above chance (1/K), rescaled to [0, 1]: an annotator at or below chance
+counts for nothing in the weighted label. 'gold' annotators (trusted experts) have reliability 1.
+Unsure votes count half. A multi-label vote splits its weight evenly over its labels.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from backend.labels import LABELS
+
+from .store import Store
+
+UNSURE_WEIGHT = 0.5
+CHANCE = 1.0 / len(LABELS)
+
+
+@dataclass
+class ClipLabel:
+    """The aggregated label of one clip; `label` is what training should use."""
+
+    clip_id: str
+    majority: str | None  # most voted label (ties: taxonomy order)
+    soft: dict[str, float]  # share of votes per label, sums to 1 (0s without votes)
+    weighted: str | None  # reliability-weighted label (falls back to majority if all weights are 0)
+    n_votes: int
+    predicted_label: str | None  # top label of the latest prediction: the hard negative for retraining
+    annotators: list[str] = field(default_factory=list)
+    weight: float = 0.0  # mean reliability of the clip's annotators
+    gold: str | None = None  # known label of a gold clip
+
+    @property
+    def label(self) -> str | None:
+        return self.gold or self.weighted
+
+
+def reliability(n_gold: int, credit: float) -> float:
+    """Laplace-smoothed gold accuracy."""
+    return (credit + 1.0) / (n_gold + 2.0)
+
+
+def vote_weight(reliability_value: float) -> float:
+    """Accuracy above chance, rescaled to [0, 1]."""
+    return max(reliability_value - CHANCE, 0.0) / (1.0 - CHANCE)
+
+
+def update_reliability(store: Store) -> dict[str, float]:
+    """Recompute every annotator's reliability from gold votes, store it, and return it."""
+    stats = store.gold_stats()
+    kinds = {r["id"]: r["kind"] for r in store.db.query("SELECT id, kind FROM annotators")}
+    values = {aid: 1.0 if kind == "gold" else reliability(*stats.get(aid, (0, 0.0))) for aid, kind in kinds.items()}
+    with store.write() as db:
+        db.conn.executemany(
+            "UPDATE annotators SET reliability = ? WHERE id = ?", [(v, aid) for aid, v in values.items()]
+        )
+    return values
+
+
+def _argmax(scores: dict[str, float]) -> str | None:
+    best = max(scores.values(), default=0.0)
+    if best <= 0:
+        return None
+    return next(name for name in LABELS if scores[name] == best)
+
+
+def aggregate_clip(
+    clip_id: str,
+    votes: list[tuple[str, list[str], bool]],
+    reliabilities: dict[str, float],
+    predicted_label: str | None = None,
+    gold: str | None = None,
+) -> ClipLabel:
+    """Aggregate one clip's votes, each (annotator_id, labels, unsure)."""
+    counts = dict.fromkeys(LABELS, 0.0)
+    weighted = dict.fromkeys(LABELS, 0.0)
+    for annotator_id, labels, unsure in votes:
+        scale = UNSURE_WEIGHT if unsure else 1.0
+        w = vote_weight(reliabilities.get(annotator_id, 0.5))
+        for label in labels:
+            counts[label] += scale / len(labels)
+            weighted[label] += scale * w / len(labels)
+    total = sum(counts.values())
+    majority = _argmax(counts)
+    annotators = [a for a, _, _ in votes]
+    return ClipLabel(
+        clip_id=clip_id,
+        majority=majority,
+        soft={k: (v / total if total else 0.0) for k, v in counts.items()},
+        weighted=_argmax(weighted) or majority,
+        n_votes=len(votes),
+        predicted_label=predicted_label,
+        annotators=annotators,
+        weight=sum(reliabilities.get(a, 0.5) for a in annotators) / len(annotators) if annotators else 0.0,
+        gold=gold,
+    )
+
+
+_CLIPS = """
+SELECT c.id, c.gold_label,
+    (SELECT p.top_label FROM predictions p WHERE p.clip_id = c.id ORDER BY p.id DESC LIMIT 1) AS predicted
+FROM clips c ORDER BY c.created, c.id
+"""
+
+
+def aggregate_labels(store: Store, min_votes: int = 1) -> list[ClipLabel]:
+    """Every clip with at least `min_votes` votes, and every gold clip, aggregated (reliability refreshed)."""
+    reliabilities = update_reliability(store)
+    votes: dict[str, list[tuple[str, list[str], bool]]] = {}
+    for r in store.db.query("SELECT clip_id, annotator_id, labels, unsure FROM votes ORDER BY id"):
+        votes.setdefault(r["clip_id"], []).append((r["annotator_id"], json.loads(r["labels"]), bool(r["unsure"])))
+    out = []
+    for clip in store.db.query(_CLIPS):
+        clip_votes = votes.get(clip["id"], [])
+        if len(clip_votes) < min_votes and clip["gold_label"] is None:
+            continue
+        out.append(aggregate_clip(clip["id"], clip_votes, reliabilities, clip["predicted"], clip["gold_label"]))
+    return out

@@ -1,0 +1,82 @@
+"""Pack backbones and corpora into folders small enough to carry to an offline GPU machine.
+
+The lent GPU machine reaches no network and takes at most 64 MiB per call, so each part is packed on its own
+(frozen weights in float16: Whisper's CTranslate2 weights are float16 already, so that is lossless for speech).
+
+    python -m train.pack_for_device --out .stash
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from backend.settings import load_settings
+from train.corpora import shared_data_dir
+
+log = logging.getLogger(__name__)
+
+
+def pack_folder_fp16(src: Path, dst: Path, keep: tuple[str, ...] = ("",)) -> Path:
+    """Copy a transformers folder, its weights cast to float16 and filtered to keys starting with `keep`."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors" and not f.name.startswith("."):
+            shutil.copy2(f, dst / f.name)
+    tensors = load_file(str(src / "model.safetensors"))
+    kept = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(keep)}
+    save_file(kept, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    return dst
+
+
+def pack(out: Path, data: Path, cache: Path) -> dict[str, int]:
+    from backend.text import minilm_wheel_path
+    from backend.whisper_convert import ensure_converted
+
+    parts = {
+        "a": lambda d: (
+            pack_folder_fp16(ensure_converted("whisper-base", cache), d / "whisper-base", keep=("model.encoder.",)),
+            shutil.copytree(data / "text", d / "data" / "text", dirs_exist_ok=True),
+        ),
+        "b": lambda d: pack_folder_fp16(minilm_wheel_path(), d / "minilm"),
+        "c": lambda d: (
+            shutil.copytree(data / "ravdess-speech-16k", d / "data" / "ravdess-speech-16k", dirs_exist_ok=True),
+            (d / "data" / "faces").mkdir(parents=True, exist_ok=True),
+            shutil.copy2(data / "faces" / "fer2013_val.npz", d / "data" / "faces"),
+        ),
+        "d": lambda d: (
+            (d / "data" / "faces").mkdir(parents=True, exist_ok=True),
+            shutil.copy2(data / "faces" / "fer2013_train.npz", d / "data" / "faces"),
+        ),
+    }
+    sizes = {}
+    for name, build in parts.items():
+        d = out / name
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+        build(d)
+        sizes[name] = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    return sizes
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO)
+    p = argparse.ArgumentParser(prog="python -m train.pack_for_device", description=__doc__)
+    p.add_argument("--out", default=".stash")
+    p.add_argument("--data", default=str(shared_data_dir()))
+    p.add_argument("--cache", default=None)
+    args = p.parse_args(argv)
+    sizes = pack(Path(args.out), Path(args.data), Path(args.cache or load_settings().cache))
+    print(json.dumps({k: round(v / 2**20, 1) for k, v in sizes.items()}))
+
+
+if __name__ == "__main__":
+    main()
