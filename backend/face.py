@@ -61,8 +61,8 @@ def to_gray(image: np.ndarray) -> np.ndarray:
     elif image.dtype != np.uint8:
         scale = 255.0 if np.issubdtype(image.dtype, np.floating) else 1.0
         image = np.nan_to_num(image.astype(np.float32) * scale).clip(0, 255).round().astype(np.uint8)
-    if image.ndim == 2:
-        return np.ascontiguousarray(image)
+    if image.ndim == 2 or image.size == 0:
+        return np.ascontiguousarray(image if image.ndim == 2 else image[:, :, 0])
     code = cv2.COLOR_RGBA2GRAY if image.shape[2] == 4 else cv2.COLOR_RGB2GRAY
     return cv2.cvtColor(np.ascontiguousarray(image), code)
 

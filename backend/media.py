@@ -76,7 +76,7 @@ MSG_NOT_AUDIO = "The file is not audio we can read (expected wav, flac, ogg, mp3
 MSG_DAMAGED_AUDIO = "The audio file is damaged or incomplete (decoding stopped part-way); export or record it again."
 MSG_NO_SAMPLES = "The audio has no samples (zero length); record again or export the file again."
 MSG_TOO_SHORT = "The audio is only {seconds:.2f} s long; record at least one second of speech."
-MSG_TOO_LONG = "The audio is {seconds:.1f} s long; the limit is {limit:g} s. Trim it and try again."
+MSG_TOO_LONG = "The recording is {seconds:.1f} s long; the limit is {limit:g} s. Trim it and try again."
 MSG_RATE = "The audio's sample rate is {rate} Hz; supported rates are 8,000 to 192,000 Hz. Convert it."
 MSG_NONFINITE = "The audio contains invalid samples (NaN or infinity); export it again as a 16-bit wav or flac file."
 MSG_SILENT = "The audio is silent (no sound above the noise floor); record again closer to the microphone."
@@ -121,13 +121,13 @@ def _check_byte_count(size: int, settings: Settings) -> None:
 
 
 @contextlib.contextmanager
-def _as_file(source: str | Path | bytes, settings: Settings, suffix: str = "") -> Iterator[Path]:
+def _as_file(source: str | Path | bytes, settings: Settings) -> Iterator[Path]:
     """A checked (exists, not empty, within the size limit) path; bytes go to a temporary file."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         data = bytes(source)
         _check_byte_count(len(data), settings)
         with tempfile.TemporaryDirectory(prefix="emo-media-") as folder:
-            path = Path(folder) / f"upload{suffix}"
+            path = Path(folder) / "upload"
             path.write_bytes(data)
             yield path
         return
@@ -184,6 +184,8 @@ def _decode_soundfile(path: Path, settings: Settings) -> tuple[np.ndarray, int] 
                 raise MediaError(MSG_NO_SAMPLES)
             _check_rate(audio.samplerate)
             _check_duration(audio.frames / audio.samplerate, settings)
+            if _wav_data_missing(audio.extra_info):
+                raise MediaError(MSG_DAMAGED_AUDIO)
             try:
                 blocks = [
                     block.mean(axis=1) for block in audio.blocks(READ_BLOCK_FRAMES, dtype="float32", always_2d=True)
@@ -191,8 +193,6 @@ def _decode_soundfile(path: Path, settings: Settings) -> tuple[np.ndarray, int] 
             except (sf.LibsndfileError, RuntimeError):
                 raise MediaError(MSG_DAMAGED_AUDIO) from None
             expected, rate = audio.frames, audio.samplerate
-            if _wav_data_missing(audio.extra_info):
-                raise MediaError(MSG_DAMAGED_AUDIO)
     mono = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     if len(mono) < expected * (1.0 - TRUNCATION_TOLERANCE):
         logger.info("audio truncated: %d of %d frames", len(mono), expected)
@@ -452,7 +452,8 @@ def load_video(
     """Up to max_video_frames RGB frames spread evenly over the video, their times (s) and its audio.
 
     The audio is mono float32 at 16 kHz, or None when there is no track, no ffmpeg, or the track is
-    silent or unusable (the face can still be read).
+    silent or unusable (the face can still be read). Size, duration (max_audio_seconds) and frame
+    size (max_image_pixels) limits apply as for audio and images.
     """
     settings = settings or load_settings()
     path = Path(source)

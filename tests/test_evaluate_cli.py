@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
+from backend.errors import ModelError
 from backend.labels import LABELS
-from backend.types import SAMPLE_RATE, Prediction, Sample, probs_dict
+from backend.types import SAMPLE_RATE, ModalityResult, Prediction, Sample, probs_dict
 from train import corpora, evaluate
 from train.corpora import Example
 
@@ -97,6 +98,7 @@ def test_folder_report_fields_and_png(tmp_path, majority):
     assert report["modality"] == "text"
     assert report["dataset"]["name"] == "folder" and report["dataset"]["path"].endswith("set")
     assert report["wall_seconds"] >= 0
+    assert report["branches"] == {}  # MajorityPredictor reports no per-modality results
     png = out.with_name("report_confusion.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -119,6 +121,39 @@ def test_evaluate_with_a_rule_predictor_gives_the_hand_matrix():
     # recalls: neutral 1, happy 1/2, sad 1, angry 0 -> UAR 5/8; accuracy 3/5
     assert report["accuracy"] == pytest.approx(0.6) and report["uar"] == pytest.approx(5 / 8)
     assert report["ece"] == pytest.approx(0.4)  # confidence 1 everywhere, accuracy 0.6
+
+
+@dataclass
+class BranchPredictor:
+    """Plumbing check for per-branch scores: fused = neutral; its "text" branch = FirstWordPredictor;
+    a "face" branch only on texts that start with "happy"."""
+
+    model_version: str = "branches-v0"
+
+    def predict_batch(self, samples: list[Sample]) -> list[Prediction]:
+        out = []
+        for s, rule in zip(samples, FirstWordPredictor().predict_batch(samples)):
+            branches = {"text": ModalityResult(probs=rule.probs, weight=1.0)}
+            if s.text.startswith("happy"):
+                branches["face"] = ModalityResult(probs=probs_dict([0.0, 0.0, 1.0, 0, 0, 0, 0]), weight=1.0)
+            out.append(Prediction(probs=probs_dict([1, 0, 0, 0, 0, 0, 0]), modalities=branches, model_version="b"))
+        return out
+
+
+def test_branch_scores_are_reported():
+    examples = [
+        Example("text", 1, text="happy day"),
+        Example("text", 1, text="i am glad"),
+        Example("text", 2, text="sad news"),
+        Example("text", 3, text="happy to shout"),
+        Example("text", 0, text="a table"),
+    ]
+    report = evaluate.evaluate(examples, BranchPredictor(), progress=False)
+    assert report["accuracy"] == pytest.approx(0.2)  # fused: always neutral, 1 of 5 is neutral
+    text = report["branches"]["text"]  # the hand matrix of the test above
+    assert text["n"] == 5 and text["accuracy"] == pytest.approx(0.6) and text["uar"] == pytest.approx(5 / 8)
+    face = report["branches"]["face"]  # "happy day" (happy) and "happy to shout" (angry), both read as sad
+    assert face["n"] == 2 and face["accuracy"] == 0.0 and face["ece"] == pytest.approx(1.0)
 
 
 def test_ravdess_defaults_to_the_dev_actors(tmp_path, majority):
@@ -145,7 +180,7 @@ def test_ravdess_actors_and_limit_are_deterministic(tmp_path, majority):
     evaluate.main([*argv, "--out", str(tmp_path / "b.json")])
     names_b = [s.source_name for c in majority.calls for s in c["samples"]]
     assert names_a == names_b and len(names_a) == 5
-    assert first["dataset"]["actors"] == [1, 2, 5]
+    assert first["dataset"]["actors"] == [1, 2, 5] and first["dataset"]["split"] == "custom"
     assert {int(n[-7:-5]) for n in names_a} <= {1, 2, 5}
 
 
@@ -183,6 +218,18 @@ def test_unknown_label_in_metadata_is_a_clear_error(tmp_path, majority, capsys):
     err = capsys.readouterr().err
     assert "row 3: unknown emotion label 'bored'" in err and "Traceback" not in err
     assert majority.calls == [] and not (tmp_path / "x.json").exists()
+
+
+def test_model_that_cannot_load_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    def refuse(model):
+        raise ModelError(f"cannot load model {model!r}: not a local folder")
+
+    monkeypatch.setattr(evaluate, "load_model", refuse)
+    with pytest.raises(SystemExit) as exc:
+        evaluate.main(["--data", str(_text_folder(tmp_path)), "--model", "nope", "--out", str(tmp_path / "x.json")])
+    assert exc.value.code == 1
+    err = capsys.readouterr().err
+    assert "cannot load model 'nope'" in err and "Traceback" not in err
 
 
 def test_actors_only_for_ravdess(tmp_path, majority, capsys):

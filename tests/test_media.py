@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
+import torchaudio
 from PIL import Image, ImageFile
 
 from backend import media
@@ -180,6 +182,16 @@ def test_odd_sample_rate_does_not_build_a_huge_resampling_kernel(settings):
     assert dominant_hz(audio) == pytest.approx(TONE_HZ, abs=2.0)
 
 
+@pytest.mark.parametrize("rate", [8_000, 44_100, 48_000])
+def test_chunked_resampling_equals_one_torchaudio_call(monkeypatch, rate):
+    samples = np.random.default_rng(rate).normal(0, 0.1, int(rate * 2.3) + 7).astype(np.float32)
+    monkeypatch.setattr(media, "RESAMPLE_CHUNK_SECONDS", 0.5)
+    chunked = media._resample(samples, rate)
+    whole = torchaudio.functional.resample(torch.from_numpy(samples), rate, SAMPLE_RATE).numpy()
+    assert chunked.shape == whole.shape
+    np.testing.assert_allclose(chunked, whole, atol=1e-6)
+
+
 def test_eight_channels_mixed_to_mono(settings, tmp_path):
     path = tmp_path / "eight.wav"
     sf.write(path, tone(channels=8), 48_000, subtype="PCM_16")
@@ -250,6 +262,15 @@ def test_truncated_file_rejected(files, settings, tmp_path, ext):
     with pytest.raises(MediaError) as excinfo:
         load_audio(path, settings)
     assert_error(excinfo, media.MSG_DAMAGED_AUDIO)
+
+
+def test_unfinished_wav_header_still_decodes(files, settings, tmp_path):
+    """Recorders that stream wav leave 0xFFFFFFFF as the size: that is not a cut-off file."""
+    data = bytearray(files["wav"].read_bytes())
+    at = data.find(b"data")
+    data[4:8] = data[at + 4 : at + 8] = struct.pack("<I", 0xFFFFFFFF)
+    audio = load_audio(bytes(data), settings)
+    assert len(audio) / SAMPLE_RATE == pytest.approx(SECONDS, rel=0.01)
 
 
 @needs_ffmpeg

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
     """logits (N, C), labels (N,) -> temperature T > 0 minimising dev NLL of softmax(logits / T)."""
     assert logits.dim() == 2 and labels.shape == logits.shape[:1], f"got {logits.shape} and {labels.shape}"
-    logits, labels = logits.detach().float().cpu(), labels.detach().long().cpu()
+    logits, labels = logits.detach().float().cpu().clone(), labels.detach().long().cpu().clone()
     log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
 

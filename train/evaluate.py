@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from backend.errors import ModelError
 from backend.labels import LABEL_TO_ID, LABELS
 from backend.types import Sample
 from train import corpora
@@ -89,11 +90,16 @@ def _batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
 
 def predict_all(
     examples: Sequence[Example], predictor, batch_size: int = 16, progress: bool = True
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predicted label ids (N,) and probabilities (N, len(LABELS)) in the order of examples."""
-    preds = np.zeros(len(examples), dtype=np.int64)
-    probs = np.zeros((len(examples), len(LABELS)), dtype=np.float64)
-    with tqdm(total=len(examples), disable=not progress, unit="ex", desc="evaluate") as bar:
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Fused label ids (N,), fused probabilities (N, C) and each branch's probabilities (N, C).
+
+    Branch rows are NaN where the prediction has no result for that branch (e.g. no face found).
+    """
+    n, k = len(examples), len(LABELS)
+    preds = np.zeros(n, dtype=np.int64)
+    probs = np.zeros((n, k), dtype=np.float64)
+    branches: dict[str, np.ndarray] = {}
+    with tqdm(total=n, disable=not progress, unit="ex", desc="evaluate") as bar:
         for batch in _batches(examples, batch_size):
             samples = [to_sample(examples[i]) for i in batch]
             if _is_crop(examples[batch[0]]):
@@ -104,9 +110,29 @@ def predict_all(
                 raise RuntimeError(f"predictor returned {len(out)} predictions for {len(batch)} samples")
             for i, prediction in zip(batch, out):
                 preds[i] = LABEL_TO_ID[prediction.label]
-                probs[i] = [prediction.probs.get(name, 0.0) for name in LABELS]
+                probs[i] = _vector(prediction.probs)
+                for name, result in (getattr(prediction, "modalities", None) or {}).items():
+                    branches.setdefault(name, np.full((n, k), np.nan))[i] = _vector(result.probs)
             bar.update(len(batch))
-    return preds, probs
+    return preds, probs, branches
+
+
+def _vector(probs: dict[str, float]) -> np.ndarray:
+    return np.array([probs.get(name, 0.0) for name in LABELS], dtype=np.float64)
+
+
+def branch_summaries(y_true: np.ndarray, branches: dict[str, np.ndarray]) -> dict[str, dict]:
+    """Headline scores of each branch alone, over the examples where it gave a result.
+
+    Tells how much fusion adds, e.g. RAVDESS speech vs. the text of its transcript.
+    """
+    out = {}
+    for name, probs in sorted(branches.items()):
+        seen = ~np.isnan(probs[:, 0])
+        r = classification_report(y_true[seen], probs[seen].argmax(axis=1), LABELS)
+        out[name] = {key: r[key] for key in ("n", "accuracy", "uar", "macro_f1", "weighted_f1")}
+        out[name]["ece"] = expected_calibration_error(probs[seen], y_true[seen])
+    return out
 
 
 def evaluate(
@@ -120,7 +146,7 @@ def evaluate(
     if not examples:
         raise ValueError("nothing to evaluate: the set is empty")
     start = time.perf_counter()
-    preds, probs = predict_all(examples, predictor, batch_size=batch_size, progress=progress)
+    preds, probs, branches = predict_all(examples, predictor, batch_size=batch_size, progress=progress)
     wall = time.perf_counter() - start
     y_true = np.array([ex.label for ex in examples], dtype=np.int64)
     report = classification_report(y_true, preds, LABELS)
@@ -128,6 +154,7 @@ def evaluate(
     report.update(
         {
             "ece": expected_calibration_error(probs, y_true),
+            "branches": branch_summaries(y_true, branches),
             "model_version": str(getattr(predictor, "model_version", "unknown")),
             "modality": modalities[0] if len(modalities) == 1 else "mixed",
             "modalities": modalities,
@@ -165,7 +192,7 @@ def load_dataset(args: argparse.Namespace) -> tuple[list[Example], dict]:
         actors = parse_actors(args.actors) if args.actors else list(default)
         root = Path(args.root) if args.root else corpora.SHARED_DATA / "ravdess-speech-16k"
         examples = corpora.ravdess(root, actors)
-        info.update(actors=actors)
+        info.update(actors=actors, split=split if not args.actors else "custom")
     elif name == "goemotions":
         root = _corpus_file(args.root, "text/goemotions-ekman", f"{split}.tsv")
         examples = corpora.goemotions(root, single_label_only=args.single_label)
@@ -224,7 +251,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 ex.meta["face_crop"] = True
     examples = subsample(examples, args.limit, args.seed)
     info.update(limit=args.limit, seed=args.seed if args.limit else None)
-    predictor = load_model(args.model)
+    try:
+        predictor = load_model(args.model)
+    except ModelError as exc:
+        parser.exit(1, f"error: {exc}\n")
     report = evaluate(examples, predictor, args.batch_size, progress=not args.no_progress, dataset=info)
     report["model"] = args.model
     write_report(report, args.out)
