@@ -62,3 +62,16 @@ def lora_disabled(model: nn.Module) -> Iterator[None]:
     finally:
         for m, was in zip(layers, previous):
             m.enabled = was
+
+
+class PretrainedView(nn.Module):
+    """Calls a LoRA-wrapped model with its adapters off: e.g. the lexicon embeds words with the frozen base
+    encoder, so its cached embedding matrix stays valid whatever adapters are trained on top."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args, **kwargs):
+        with lora_disabled(self.model):
+            return self.model(*args, **kwargs)

@@ -6,6 +6,7 @@ aliases from wheels, Hub ids or paths), then the adapters and heads are loaded o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -18,7 +19,7 @@ from torch import nn
 from backend.errors import ModelError
 from backend.heads import FaceNet, FusionGate, ProjectionHead, SpeechHead, TextHead
 from backend.labels import LABELS
-from backend.lora import inject_lora
+from backend.lora import PretrainedView, inject_lora
 from backend.model_config import CONFIG_NAME, WEIGHTS_NAME, EmotionConfig
 
 log = logging.getLogger(__name__)
@@ -208,7 +209,8 @@ def build_model(
         text.model.requires_grad_(False)
         if config.text_lora_rank:
             inject_lora(text.model, config.text_lora_targets, config.text_lora_rank, config.lora_alpha)
-        lexicon = load_lexicon(text if config.lexicon_expansion else None, cache)
+        base = dataclasses.replace(text, model=PretrainedView(text.model))
+        lexicon = load_lexicon(base if config.lexicon_expansion else None, cache)
     return EmotionModel(config, speech=speech, text=text, lexicon=lexicon).to(device)
 
 

@@ -82,8 +82,8 @@ class Predictor:
             self._run_asr(samples, work)
             self._run_text(samples, work)
             self._run_faces(samples, work, faces_are_crops)
-        elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
-        return [self._fuse(i, s, work, elapsed) for i, s in enumerate(samples)]
+            elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
+            return [self._fuse(i, s, work, elapsed) for i, s in enumerate(samples)]
 
     def _autocast(self):
         if self.device.type == "cuda":

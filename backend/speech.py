@@ -284,8 +284,9 @@ def _generate(backbone: SpeechBackbone, pieces: list[np.ndarray], language: str 
         kwargs.update(task="transcribe", language=language)
     elif language not in (None, "en"):
         log.warning("%s is English-only; ignoring language=%s", backbone.name, language)
-    with torch.no_grad():
-        ids = model.generate(mel, **kwargs)
+    with torch.no_grad():  # encode once: language detection and decoding both reuse it
+        encoded = model.get_encoder()(mel)
+        ids = model.generate(encoder_outputs=encoded, **kwargs)
     return backbone.processor.batch_decode(ids, skip_special_tokens=True)
 
 

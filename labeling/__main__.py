@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise StoreError(f"{args.source} is neither a folder with metadata.csv nor a saved dataset.") from err
             return io.import_dataset(store, dataset, split=args.split, label_mode=args.labels, consent=consent)
         if args.command == "export":
+            if args.push and not os.environ.get("HF_TOKEN"):
+                raise StoreError("Set HF_TOKEN (a Hugging Face write token) to push the dataset.")
             dataset = io.export_dataset(store, args.out_dir, min_votes=args.min_votes)
             report: dict[str, Any] = {"rows": len(dataset), "out_dir": str(args.out_dir)}
             if args.push:

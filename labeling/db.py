@@ -2,9 +2,11 @@
 
 Every write runs in `BEGIN IMMEDIATE`, which takes the write lock up front; a deferred BEGIN that
 later upgrades to a writer fails at once with "database is locked" under concurrent writers (FACTS).
-SQLite's busy handler waits for the lock; on top of it a retry loop with jittered backoff keeps
-waiting up to `busy_seconds`, so callers never see SQLITE_BUSY, only a StoreError if the database
-stays locked for that long.
+Writer threads of one process first queue on a Python lock (a prompt hand-over, where SQLite's busy
+handler would poll with sleeps); writers of other processes meet at SQLite's lock, where the busy
+handler waits, and on top of it a retry loop with jittered backoff keeps waiting up to
+`busy_seconds`, so callers never see SQLITE_BUSY, only a StoreError if the database stays locked
+for that long.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Connections:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        self._write_lock = threading.Lock()  # writers of this process queue here, not in SQLite's busy loop
 
     def _connect(self) -> Database:
         conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
@@ -74,13 +77,14 @@ class Connections:
         if conn.in_transaction:
             yield db
             return
-        self._begin_immediate(conn)
-        try:
-            yield db
-            conn.commit()
-        except BaseException:
-            conn.rollback()
-            raise
+        with self._write_lock:
+            self._begin_immediate(conn)
+            try:
+                yield db
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self.busy_seconds

@@ -8,7 +8,8 @@ caller's BEGIN IMMEDIATE transaction. Among open clips the most valuable comes f
           + W_DISAGREEMENT * vote disagreement  (1 - share of the most given label so far)
           + W_RARITY * rarity of the predicted class (1 - its count / the most predicted class's count)
 
-Ties go to clips closer to k, then the oldest. Gold clips (known label) sit outside the k
+Ties go to clips closer to k, then the oldest. Ranking reads the whole queue, so it runs before the
+write lock is taken; inside the lock only the chosen clip is re-checked (see `choose`). Gold clips (known label) sit outside the k
 bookkeeping: each annotator sees each gold clip at most once, mixed in so that after n items
 floor(gold_rate * n) of them were gold (a deterministic quota, so the rate is exact and testable).
 Only clips whose content is kept (consented media or text) can be shown, so only they are queued.
@@ -17,7 +18,6 @@ Only clips whose content is kept (consented media or text) can be shown, so only
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 from sqlite_utils import Database
@@ -25,6 +25,7 @@ from sqlite_utils import Database
 W_UNCERTAINTY = 1.0
 W_DISAGREEMENT = 1.0
 W_RARITY = 0.5
+CANDIDATES = 16  # ranked outside the write lock, then re-checked inside it
 
 _OPEN_CLIPS = """
 WITH counts AS (
@@ -38,6 +39,7 @@ WITH counts AS (
       AND (c.media IS NOT NULL OR c.text IS NOT NULL)
       AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.clip_id = c.id AND v.annotator_id = :a)
       AND NOT EXISTS (SELECT 1 FROM skips s WHERE s.clip_id = c.id AND s.annotator_id = :a)
+      {one_clip}
 )
 SELECT counts.*, p.entropy, p.top_label
 FROM counts LEFT JOIN predictions p ON p.id = counts.prediction_id
@@ -71,7 +73,13 @@ GROUP BY v.clip_id, j.value
 
 def open_clips(db: Database, annotator_id: str, k: int, now: float) -> list[dict[str, Any]]:
     """Clips this annotator may still label, each with n_votes, n_reserved, entropy, top_label."""
-    return list(db.query(_OPEN_CLIPS, {"a": annotator_id, "k": k, "now": now}))
+    return list(db.query(_OPEN_CLIPS.format(one_clip=""), {"a": annotator_id, "k": k, "now": now}))
+
+
+def still_open(db: Database, clip_id: str, annotator_id: str, k: int, now: float) -> bool:
+    """Whether one clip is still open to this annotator (a cheap re-check under the write lock)."""
+    sql = _OPEN_CLIPS.format(one_clip="AND c.id = :clip")
+    return bool(list(db.query(sql, {"a": annotator_id, "k": k, "now": now, "clip": clip_id})))
 
 
 def disagreement(label_counts: dict[str, int]) -> float:
@@ -123,9 +131,25 @@ def held(db: Database, annotator_id: str, now: float) -> str | None:
     return row["clip_id"] if row else None
 
 
-def choose(db: Database, annotator_id: str, *, k: int, gold_rate: float, now: float | None = None) -> str | None:
-    """The clip to serve next (without reserving it); None when nothing needs this annotator."""
-    now = time.time() if now is None else now
+def candidates(db: Database, annotator_id: str, *, k: int, now: float, limit: int = CANDIDATES) -> list[str]:
+    """The most valuable open clips, best first. Runs outside the write lock (WAL readers never wait)."""
+    return [row["id"] for row in rank(db, open_clips(db, annotator_id, k, now), k)[:limit]]
+
+
+def choose(
+    db: Database,
+    annotator_id: str,
+    *,
+    k: int,
+    gold_rate: float,
+    now: float,
+    ranked: list[str] | None = None,
+) -> str | None:
+    """The clip to serve next (without reserving it); None when nothing needs this annotator.
+
+    Call inside the write transaction. `ranked` (from `candidates`, computed before taking the lock)
+    is re-checked clip by clip; only if every one was taken meanwhile is the ranking redone here.
+    """
     current = held(db, annotator_id, now)
     if current:
         return current
@@ -133,10 +157,11 @@ def choose(db: Database, annotator_id: str, *, k: int, gold_rate: float, now: fl
         gold = next(iter(db.query(_OPEN_GOLD, {"a": annotator_id})), None)
         if gold:
             return gold["id"]
-    rows = open_clips(db, annotator_id, k, now)
-    if not rows:
-        return None
-    return rank(db, rows, k)[0]["id"]
+    for clip_id in ranked or []:
+        if still_open(db, clip_id, annotator_id, k, now):
+            return clip_id
+    fresh = candidates(db, annotator_id, k=k, now=now, limit=1)
+    return fresh[0] if fresh else None
 
 
 def reserve(db: Database, clip_id: str, annotator_id: str, expires: float) -> None:

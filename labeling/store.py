@@ -422,10 +422,11 @@ class Store:
         k = self.k if k is None else int(k)
         gold_rate = self.gold_rate if gold_rate is None else float(gold_rate)
         now = time.time()
+        ranked = queue.candidates(self.db, annotator_id, k=k, now=now)
         with self.write() as db:
             self._ensure_annotator(db, annotator_id, "crowd")
             db.execute("DELETE FROM reservations WHERE expires <= ?", [now])
-            clip_id = queue.choose(db, annotator_id, k=k, gold_rate=gold_rate, now=now)
+            clip_id = queue.choose(db, annotator_id, k=k, gold_rate=gold_rate, now=now, ranked=ranked)
             if clip_id is None:
                 return None
             until = now + reserve_minutes * 60

@@ -103,7 +103,7 @@ def test_small_upload_of_one_face_is_upscaled_and_found(fer_images):
     boxes = detect_faces(fer_images[1])  # a bare 48x48 FER2013 face
     assert len(boxes) == 1
     x, y, w, h = boxes[0]
-    assert 0 <= x and 0 <= y and x + w <= 48 and y + h <= 48 and w >= 30
+    assert x >= 0 and y >= 0 and x + w <= 48 and y + h <= 48 and w >= 30
 
 
 def test_crops_have_fer_shape_range_and_framing(fer_images):
@@ -116,7 +116,7 @@ def test_crops_have_fer_shape_range_and_framing(fer_images):
             continue
         crops = crop_faces(upscaled, boxes[:1])
         assert crops.shape == (1, 48, 48) and crops.dtype == np.float32
-        assert 0.0 <= crops.min() and crops.max() <= 1.0
+        assert crops.min() >= 0.0 and crops.max() <= 1.0
         reference = fer_images[index].astype(np.float32) / 255.0
         correlations.append(np.corrcoef(crops[0].ravel(), reference.ravel())[0, 1])
     assert len(correlations) >= 8
@@ -127,7 +127,7 @@ def test_crops_at_the_border_and_empty_lists(group_photo):
     assert crop_faces(group_photo, []).shape == (0, 48, 48)
     crops = crop_faces(group_photo, [(0, 0, 100, 100), (600, 440, 40, 40), (700, 700, 10, 10)], size=64)
     assert crops.shape == (3, 64, 64) and np.isfinite(crops).all()
-    assert 0.0 <= crops.min() and crops.max() <= 1.0
+    assert crops.min() >= 0.0 and crops.max() <= 1.0
     assert np.allclose(crops[2], FER_MEAN)  # a box outside the image gives a flat grey crop
 
 

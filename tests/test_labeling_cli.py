@@ -32,7 +32,7 @@ def db(tmp_path):
 def cli(capsys, db: Path, *args: str) -> tuple[int, dict]:
     code = main(["--db", str(db), *args])
     captured = capsys.readouterr()
-    text = captured.out if code == 0 else captured.err
+    text = captured.out if code == 0 else captured.err.strip().splitlines()[-1]  # after any progress bars
     return code, json.loads(text)
 
 
@@ -105,6 +105,7 @@ def test_export_push_without_token_fails(capsys, db, tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     code, report = cli(capsys, db, "export", str(tmp_path / "out"), "--push", "me/labels")
     assert code == 1 and "HF_TOKEN" in report["error"]
+    assert not (tmp_path / "out").exists()  # checked before any work
 
 
 def test_delete_clip_and_annotator(capsys, db):

@@ -96,7 +96,7 @@ def test_features_layout(nrc_only):
 def test_hostile_text_does_not_crash(nrc_only, text):
     feats = nrc_only.features(text)
     assert feats.shape == (LEXICON_FEATURES,) and np.isfinite(feats).all()
-    assert 0.0 <= feats.min() and feats.max() <= 1.0
+    assert feats.min() >= 0.0 and feats.max() <= 1.0
     assert len(nrc_only.tag_words(text)) <= lexicon_module.MAX_WORDS
 
 

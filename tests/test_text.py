@@ -75,7 +75,7 @@ def test_encode_keeps_gradients_for_fine_tuning(tiny):
 
 def test_missing_backbones_raise_model_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match=r"no config\.json"):
         load_text_backbone(str(tmp_path))
     with pytest.raises(ModelError, match="could not load the text backbone"):
         load_text_backbone("nobody-here/no-such-model-xyz")

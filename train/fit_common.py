@@ -55,7 +55,10 @@ def dev_summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 def save_branch(out: Path, branch: str, tensors: dict[str, torch.Tensor], summary: dict) -> None:
     """<out>/<branch>.safetensors (heads/adapters of that branch) + <out>/<branch>.json (figures)."""
     out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / f"{branch}.safetensors"))
+    half = {
+        k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()
+    }  # fp16: half the size
+    save_file(half, str(out / f"{branch}.safetensors"))
     (out / f"{branch}.json").write_text(json.dumps(summary, indent=2, default=_jsonable) + "\n")
     log.info("saved %s branch to %s", branch, out)
 

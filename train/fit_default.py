@@ -59,7 +59,7 @@ def run_branch(args: argparse.Namespace) -> dict:
     if args.branch == "text":
         from train.fit_text import TextFitConfig, train_text
 
-        cfg = TextFitConfig(cache=cache, **common)
+        cfg = TextFitConfig(cache=cache, backbone=args.text_backbone, **common)
         if args.epochs:
             cfg.epochs = args.epochs
         return train_text(cfg)
@@ -71,7 +71,14 @@ def run_branch(args: argparse.Namespace) -> dict:
     return train_face(cfg)
 
 
-def assemble(run: Path, out: Path, version: str, speech_name: str = "speech", seed: int = 0) -> Path:
+def assemble(
+    run: Path,
+    out: Path,
+    version: str,
+    speech_name: str = "speech",
+    seed: int = 0,
+    backbones: dict[str, str] | None = None,
+) -> Path:
     """Merge the branch files of a run into one model folder: config, weights, model card."""
     torch.manual_seed(seed)
     summaries = {
@@ -83,12 +90,14 @@ def assemble(run: Path, out: Path, version: str, speech_name: str = "speech", se
     for s in summaries.values():
         for key, value in s.get("model_config", {}).items():
             setattr(config, key, value)
+    for key, value in (backbones or {}).items():  # trained from a packed copy: record the alias users install
+        setattr(config, key, value)
     config.trained = {m: m in summaries for m in MODALITIES}
     heads = EmotionHeads(config)
     tensors = {f"heads.{k}": v for k, v in heads.state_dict().items()}
     for branch in summaries:
         name = speech_name if branch == "speech" else branch
-        tensors.update(load_file(str(run / f"{name}.safetensors")))
+        tensors.update({k: v.float() for k, v in load_file(str(run / f"{name}.safetensors")).items()})
     log_t = torch.zeros(len(MODALITIES))
     for branch, s in summaries.items():
         log_t[MODALITIES.index(branch)] = torch.tensor(float(s["dev"]["temperature"])).log()
@@ -197,11 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pad30", action="store_true", help="speech: pad to 30 s instead of trimming")
     t.add_argument("--lora-rank", type=int, default=0, help="speech: LoRA rank on the encoder (0 = frozen)")
     t.add_argument("--name", default=None, help="speech: output name for a variant (default 'speech')")
+    t.add_argument("--text-backbone", default="all-MiniLM-L6-v2", help="text backbone alias, Hub id or path")
     a = sub.add_parser("assemble", help="merge branch files into a model folder")
     a.add_argument("--run", required=True)
     a.add_argument("--out", required=True)
     a.add_argument("--version", default="v1")
     a.add_argument("--speech-name", default="speech")
+    a.add_argument("--speech-backbone", default=None, help="record this backbone name (e.g. the offline alias)")
+    a.add_argument("--text-backbone", default=None, help="record this backbone name (e.g. the offline alias)")
     return p
 
 
@@ -220,7 +232,18 @@ def main(argv: Sequence[str] | None = None) -> None:
             )
         )
     else:
-        print(json.dumps({"model": str(assemble(Path(args.run), Path(args.out), args.version, args.speech_name))}))
+        names = {
+            k: v for k, v in (("speech_backbone", args.speech_backbone), ("text_backbone", args.text_backbone)) if v
+        }
+        print(
+            json.dumps(
+                {
+                    "model": str(
+                        assemble(Path(args.run), Path(args.out), args.version, args.speech_name, backbones=names)
+                    )
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -91,6 +91,8 @@ def train_face(cfg: FaceFitConfig) -> dict:
         report = dev_summary(face_logits(model, xv), yv)
         mean_loss = float(torch.stack(losses).mean())
         better = tracker.update(epoch, report, branch_tensors(model, ("heads.face_net.",)), loss=mean_loss)
+        if better:  # keep the best-so-far on disk: a run stopped early still leaves a usable branch
+            save_branch(Path(cfg.out), "face", tracker.state, {"partial": True, "best_epoch": epoch, "dev": report})
         log.info("face epoch %d loss %.3f val acc %.3f%s", epoch, mean_loss, report["accuracy"], " *" if better else "")
     model.load_state_dict(tracker.state, strict=False)
     final = dev_summary(face_logits(model, xv), yv)

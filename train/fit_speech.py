@@ -123,6 +123,8 @@ def train_speech(cfg: SpeechFitConfig) -> dict:
             dev_logits = speech_forward_batched(model, dev_clips, max_batch=64)
         report = dev_summary(dev_logits, y_dev)
         better = tracker.update(epoch, report, branch_tensors(model, prefixes), loss=float(np.mean(losses)))
+        if better:  # keep the best-so-far on disk: a run stopped early still leaves a usable branch
+            save_branch(Path(cfg.out), cfg.name, tracker.state, {"partial": True, "best_epoch": epoch, "dev": report})
         log.info(
             "%s epoch %d loss %.3f dev acc %.3f uar %.3f%s",
             cfg.name,

@@ -124,6 +124,8 @@ def train_text(cfg: TextFitConfig) -> dict:
             losses.append(loss.item())
         report = dev_summary(predict_logits(model, dev_texts, lex_dev, cfg.max_length), y_dev)
         better = tracker.update(epoch, report, branch_tensors(model, prefixes), loss=float(np.mean(losses)))
+        if better:  # keep the best-so-far on disk: a run stopped early still leaves a usable branch
+            save_branch(Path(cfg.out), "text", tracker.state, {"partial": True, "best_epoch": epoch, "dev": report})
         log.info(
             "text epoch %d loss %.3f GoEmotions dev macro-F1 %.3f%s",
             epoch,

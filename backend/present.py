@@ -1,0 +1,313 @@
+"""Presentation: a Prediction (and store figures) as the plain values the UI widgets display.
+
+Pure functions over the project's value objects: no Gradio here, so every view is unit-tested and
+the app only wires them to components. Tables are pandas DataFrames; images are RGB uint8 arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from backend.labels import LABELS
+from backend.types import Face, Prediction, WordTag
+
+# One colour per emotion, shared by the highlighted transcript, face boxes and plots (hex RGB).
+EMOTION_COLORS: dict[str, str] = {
+    "neutral": "#9ca3af",
+    "happy": "#f59e0b",
+    "sad": "#3b82f6",
+    "angry": "#ef4444",
+    "fearful": "#8b5cf6",
+    "disgust": "#65a30d",
+    "surprised": "#ec4899",
+}
+MODALITY_NAMES = {"speech": "voice (speech audio)", "text": "words (text/transcript)", "face": "face (image/video)"}
+BREAKDOWN_COLUMNS = ["modality", "says", "confidence", "weight"]
+TIMELINE_COLUMNS = ["time", "emotion", "probability"]
+BOX_MIN_THICKNESS = 2  # pixels; boxes scale with the image above ~600 px
+FONT = cv2.FONT_HERSHEY_SIMPLEX
+CONFUSION_GLOB = "*confusion*.png"
+
+
+def percent(p: float) -> str:
+    return f"{100.0 * float(p):.0f}%"
+
+
+# ------------------------------------------------------------------------------------------ analysis
+
+
+def label_confidences(prediction: Prediction) -> dict[str, float]:
+    """Fused probabilities, highest first (what gr.Label shows)."""
+    return dict(sorted(((k, float(v)) for k, v in prediction.probs.items()), key=lambda kv: -kv[1]))
+
+
+def breakdown_table(prediction: Prediction) -> pd.DataFrame:
+    """One row per modality that spoke (what it said, how sure, the fusion weight), then the fused row."""
+    rows = [
+        [MODALITY_NAMES.get(name, name), result.label, round(result.probs[result.label], 3), round(result.weight, 3)]
+        for name, result in prediction.modalities.items()
+    ]
+    total = sum(result.weight for result in prediction.modalities.values())
+    rows.append(["fused (all together)", prediction.label, round(prediction.confidence, 3), round(total, 3)])
+    return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
+
+
+def highlighted_words(words: list[WordTag], text: str | None) -> list[tuple[str, str | None]]:
+    """The text as (piece, emotion or None) spans for gr.HighlightedText, punctuation and spacing kept.
+
+    Words are located in order in the original text, so gaps (spaces, punctuation) come back as
+    unlabelled pieces; a word that cannot be found is appended as its own piece.
+    """
+    if not text:
+        return [(w.word + " ", w.emotion) for w in words]
+    spans: list[tuple[str, str | None]] = []
+    pos = 0
+    for tag in words:
+        found = text.find(tag.word, pos)
+        if found < 0:
+            spans.append((tag.word, tag.emotion))
+            continue
+        if found > pos:
+            spans.append((text[pos:found], None))
+        spans.append((tag.word, tag.emotion))
+        pos = found + len(tag.word)
+    if pos < len(text):
+        spans.append((text[pos:], None))
+    return _merge_plain(spans)
+
+
+def _merge_plain(spans: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """Join neighbouring unlabelled pieces so the widget shows sentences, not one box per word."""
+    out: list[tuple[str, str | None]] = []
+    for piece, emotion in spans:
+        if emotion is None and out and out[-1][1] is None:
+            out[-1] = (out[-1][0] + piece, None)
+        else:
+            out.append((piece, emotion))
+    return out
+
+
+def _bgr(hex_color: str) -> tuple[int, int, int]:
+    r, g, b = (int(hex_color[i : i + 2], 16) for i in (1, 3, 5))
+    return b, g, r
+
+
+def draw_faces(frame: np.ndarray, faces: list[Face]) -> np.ndarray:
+    """A copy of the RGB frame (H, W, 3) with each face's box and reading ("happy 62%") drawn on it."""
+    assert frame.ndim == 3 and frame.shape[2] == 3, f"expected an RGB frame (H, W, 3), got {frame.shape}"
+    canvas = cv2.cvtColor(np.ascontiguousarray(frame, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    height, width = canvas.shape[:2]
+    thickness = max(BOX_MIN_THICKNESS, round(max(height, width) / 300))
+    scale = max(0.5, max(height, width) / 900)
+    for face in faces:
+        x, y, w, h = (int(v) for v in face.box)
+        label = max(face.probs, key=face.probs.get)
+        color = _bgr(EMOTION_COLORS.get(label, "#ffffff"))
+        cv2.rectangle(canvas, (x, y), (x + w, y + h), color, thickness)
+        text = f"{label} {percent(face.probs[label])}"
+        (tw, th), base = cv2.getTextSize(text, FONT, scale, max(1, thickness // 2))
+        top = y - th - base - 4 if y - th - base - 4 >= 0 else y + h
+        cv2.rectangle(canvas, (x, top), (x + tw + 6, top + th + base + 4), color, -1)
+        cv2.putText(canvas, text, (x + 3, top + th + 2), FONT, scale, (0, 0, 0), max(1, thickness // 2), cv2.LINE_AA)
+    return cv2.cvtColor(canvas, cv2.COLOR_BGR2RGB)
+
+
+def face_image(frames: list[np.ndarray] | None, faces: list[Face]) -> np.ndarray | None:
+    """The frame showing the most faces, annotated; the first frame as is when no face was found."""
+    if not frames:
+        return None
+    if not faces:
+        return np.asarray(frames[0])
+    counts: dict[int, int] = {}
+    for face in faces:
+        counts[face.frame_index] = counts.get(face.frame_index, 0) + 1
+    best = max(counts, key=lambda index: (counts[index], -index))
+    return draw_faces(frames[best], [f for f in faces if f.frame_index == best])
+
+
+def timeline_frame(prediction: Prediction) -> pd.DataFrame:
+    """Long-format (time = window centre in s, emotion, probability) rows for a line plot; empty if none."""
+    rows = [
+        [round((seg.start + seg.end) / 2.0, 3), label, float(seg.probs.get(label, 0.0))]
+        for seg in prediction.timeline
+        for label in LABELS
+    ]
+    return pd.DataFrame(rows, columns=TIMELINE_COLUMNS)
+
+
+def summary_markdown(prediction: Prediction, device: str | None = None) -> str:
+    """One paragraph: the reading, which inputs were used, duration and speed, model version, notes."""
+    used = ", ".join(prediction.modalities) or "nothing"
+    parts = [f"**{prediction.label}** ({percent(prediction.confidence)} sure) from {used}"]
+    if prediction.duration:
+        parts.append(f"{prediction.duration:.1f} s of audio")
+    parts.append(f"took {prediction.latency_ms / 1000.0:.1f} s" + (f" on {device}" if device else ""))
+    parts.append(f"model `{prediction.model_version}`")
+    text = " · ".join(parts)
+    if prediction.notes:
+        text += "\n\n" + "\n".join(f"- {note}" for note in prediction.notes)
+    return text
+
+
+# ------------------------------------------------------------------------------------------ labelling
+
+
+def receipt_markdown(receipt: dict[str, Any]) -> str:
+    """What was just stored, in words a contributor can check (no server paths)."""
+    if receipt.get("vote_id") is None:
+        said = "your answer 'unsure' (no emotion recorded)"
+    else:
+        said = "your label " + " + ".join(f"**{name}**" for name in receipt["labels"])
+        if receipt.get("unsure"):
+            said += " (marked unsure)"
+    kept = (
+        "the media itself (you allowed it for training)"
+        if receipt.get("kept_media")
+        else "no media: only a fingerprint (hash) of it"
+    )
+    lines = [
+        f"Saved: {said}, the model's prediction (model `{receipt['model_version']}`) and {kept}.",
+        f"Clip `{receipt['clip_id'][:12]}`, contributor `{receipt['annotator_id']}`"
+        + (", with your note." if receipt.get("note") else "."),
+        "Changed your mind? **Delete what I gave** removes it.",
+    ]
+    return "\n\n".join(lines)
+
+
+def deletion_markdown(counts: dict[str, int]) -> str:
+    """A deletion's counts as one sentence ('Deleted 1 clip, 1 vote and 1 media file.')."""
+    names = {
+        "clips": "clip",
+        "votes": "vote",
+        "predictions": "prediction",
+        "files": "media file",
+        "vote_history": "earlier vote",
+        "annotators": "contributor record",
+    }
+    parts = [f"{n} {names[key]}{'' if n == 1 else 's'}" for key, n in counts.items() if key in names and n]
+    if not parts:
+        return "Nothing was stored for you, so nothing was deleted."
+    return "Deleted " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+
+
+def progress_markdown(progress: dict[str, Any]) -> str:
+    """An annotator's own progress: votes given, gold accuracy so far, clips still waiting."""
+    line = f"**{progress['annotator_id']}**: {progress['votes']} vote(s) given"
+    if progress.get("gold_seen"):
+        line += f", {percent(progress['gold_accuracy'] or 0.0)} right on {progress['gold_seen']} check item(s)"
+    return line + f", {progress['remaining']} clip(s) waiting."
+
+
+def clip_context_markdown(prediction: dict[str, Any] | None, votes: list[dict[str, Any]]) -> str:
+    """What the model and other annotators said about a clip (shown only when labelling is not blind)."""
+    lines = []
+    if prediction:
+        lines.append(f"Model `{prediction['model_version']}` says **{prediction['top_label']}**.")
+    if votes:
+        tally: dict[str, int] = {}
+        for vote in votes:
+            for label in vote["labels"]:
+                tally[label] = tally.get(label, 0) + 1
+        lines.append("Others voted: " + ", ".join(f"{k} x{v}" for k, v in sorted(tally.items(), key=lambda kv: -kv[1])))
+    return "\n\n".join(lines) or "No prediction or votes yet."
+
+
+# ------------------------------------------------------------------------------------------ model tab
+
+
+def label_distribution(stats: dict[str, Any]) -> pd.DataFrame:
+    """(emotion, votes) rows in taxonomy order from Store.stats()."""
+    counts = stats.get("vote_labels", {})
+    return pd.DataFrame([[name, int(counts.get(name, 0))] for name in LABELS], columns=["emotion", "votes"])
+
+
+def counts_table(stats: dict[str, Any]) -> pd.DataFrame:
+    """The store's scalar counts as (what, count) rows."""
+    rows = [[key.replace("_", " "), value] for key, value in stats.items() if isinstance(value, (int, float))]
+    return pd.DataFrame(rows, columns=["what", "count"])
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def agreement_markdown(report: dict[str, Any]) -> str:
+    """Krippendorff's alpha and Fleiss' kappa overall and per class, from agreement_report()."""
+    lines = [
+        f"Clips rated by 2+ people: **{report.get('clips_rated_twice', 0)}** · votes: {report.get('votes', 0)} · "
+        f"Krippendorff's alpha: **{_fmt(report.get('alpha'))}** · Fleiss' kappa: **{_fmt(report.get('fleiss_kappa'))}**",
+    ]
+    per_class = report.get("per_class") or {}
+    if per_class:
+        lines += ["", "| emotion | alpha | kappa | votes |", "|---|---|---|---|"]
+        lines += [
+            f"| {name} | {_fmt(v.get('alpha'))} | {_fmt(v.get('fleiss_kappa'))} | {v.get('votes_with_label', 0)} |"
+            for name, v in per_class.items()
+        ]
+    return "\n".join(lines)
+
+
+def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
+    """Retraining history with its promotion decisions (Store.training_runs())."""
+    columns = ["started", "base", "candidate", "corrections", "decision", "reason"]
+    rows = [
+        [
+            str(r.get("started", ""))[:19],
+            r.get("base_version"),
+            r.get("candidate_version"),
+            r.get("n_corrections"),
+            r.get("decision"),
+            r.get("reason"),
+        ]
+        for r in runs
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+@dataclass
+class ModelInfo:
+    """What the Model tab shows about the loaded model folder."""
+
+    version: str
+    card: str = ""  # the model card's prose (front matter removed)
+    metrics: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["branch", "metric", "value"]))
+    confusion: Path | None = None  # a confusion-matrix image, if the folder has one
+
+
+_FRONT_MATTER = re.compile(r"\A---\n.*?\n---\n", re.DOTALL)
+
+
+def model_info(folder: Path | None, version: str) -> ModelInfo:
+    """Read README.md (card prose), training_summary.json (dev metrics) and a confusion image if present."""
+    info = ModelInfo(version=version)
+    if folder is None or not Path(folder).is_dir():
+        return info
+    folder = Path(folder)
+    card = folder / "README.md"
+    if card.is_file():
+        info.card = _FRONT_MATTER.sub("", card.read_text(encoding="utf-8", errors="replace"), count=1).strip()
+    summary = folder / "training_summary.json"
+    if summary.is_file():
+        info.metrics = summary_metrics(json.loads(summary.read_text(encoding="utf-8")))
+    images = sorted(folder.glob(CONFUSION_GLOB))
+    info.confusion = images[0] if images else None
+    return info
+
+
+def summary_metrics(summary: dict[str, Any]) -> pd.DataFrame:
+    """training_summary.json ({branch: {"dev": {metric: value}}}) as (branch, metric, value) rows."""
+    rows = []
+    for branch, figures in summary.items():
+        dev = figures.get("dev", {}) if isinstance(figures, dict) else {}
+        for metric in ("accuracy", "uar", "macro_f1", "weighted_f1", "ece_after"):
+            if isinstance(dev.get(metric), (int, float)):
+                rows.append([branch, metric, round(float(dev[metric]), 4)])
+    return pd.DataFrame(rows, columns=["branch", "metric", "value"])

@@ -1,0 +1,387 @@
+"""Service calls behind the app: keep an analysis and its correction under the consent rules, undo
+what a person gave, serve the labelling queue, and the admin actions (export, retrain, delete).
+
+The app adapts widget values to these functions and back; nothing here knows about Gradio. Every
+refusal is a StoreError whose message a person can act on. Media is written only with consent:
+without it only a content hash, the prediction and the label are kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import importlib.util
+import io
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from backend.labels import LABELS
+from backend.media import encode_wav, sha256_bytes
+from backend.settings import Settings
+from backend.types import Prediction, Sample
+
+from .errors import NotFoundError, StoreError
+from .io import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
+from .store import MAX_NOTE_CHARS, Store, check_id, check_labels, short
+
+log = logging.getLogger(__name__)
+
+UNSURE = "unsure"  # the extra answer next to the emotions in a correction
+MAX_NAME_CHARS = 60  # an annotator's display name
+HASH_BLOCK = 1 << 20  # bytes per read when hashing an uploaded video
+RETRAIN_MODULE = "train.retrain"
+RETRAIN_DIR = "retrain"  # under Settings.data_dir: logs and the pid file of the running job
+
+
+# ------------------------------------------------------------------------------------ contributions
+
+
+@dataclass
+class Contribution:
+    """An analysed input waiting for the person's answer; lives in their session, is stored only on answer.
+
+    media: the bytes to keep with consent (16 kHz wav for audio, png for an image); a video upload is
+    kept as its file (media_file, a server temp path from the upload widget, never a user string).
+    """
+
+    sha256: str
+    ext: str
+    modalities: list[str]
+    duration: float
+    probs: dict[str, float]
+    model_version: str
+    text: str | None = None
+    media: bytes | None = None
+    media_file: str | None = None
+
+
+@dataclass
+class Receipt:
+    """What one correction stored: enough to tell the person and to delete exactly that again."""
+
+    clip_id: str
+    annotator_id: str
+    labels: list[str]
+    unsure: bool
+    note: str | None
+    model_version: str
+    prediction_id: int
+    vote_id: int | None
+    kept_media: bool
+    new_clip: bool  # the clip did not exist before: deleting it removes nobody else's data
+    media_added: bool  # this correction's consent added the media file
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    """Lossless png of an RGB frame (H, W, 3); re-encoding drops EXIF (location, camera) metadata."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _video_ext(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_EXTS:
+        return suffix
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return ".webm" if head.startswith(b"\x1a\x45\xdf\xa3") else ".mp4"
+
+
+def make_contribution(sample: Sample, prediction: Prediction, video: str | Path | None = None) -> Contribution:
+    """The clip to keep for an analysed sample: the video file, else the audio, else the image, else text.
+
+    Its id is the sha256 of exactly the bytes that would be kept (text-only clips: of the UTF-8 text).
+    """
+    common = {
+        "modalities": sample.modalities,
+        "duration": float(sample.duration),
+        "probs": {k: float(v) for k, v in prediction.probs.items()},
+        "model_version": prediction.model_version,
+        "text": sample.text,
+    }
+    if video is not None:
+        path = Path(video)
+        return Contribution(sha256=file_sha256(path), ext=_video_ext(path), media_file=str(path), **common)
+    if sample.audio is not None:
+        data = encode_wav(sample.audio)
+        return Contribution(sha256=sha256_bytes(data), ext=".wav", media=data, **common)
+    if sample.frames:
+        data = png_bytes(sample.frames[0])
+        return Contribution(sha256=sha256_bytes(data), ext=".png", media=data, **common)
+    if sample.text:
+        return Contribution(sha256=sha256_bytes(sample.text.encode("utf-8")), ext=".txt", **common)
+    raise StoreError("There is nothing to save: analyze audio, a video, an image or some text first.")
+
+
+def parse_answer(choices: list[str] | str | None) -> tuple[list[str], bool]:
+    """Checkbox values (emotions and maybe 'unsure') -> (taxonomy labels, unsure)."""
+    if isinstance(choices, str):
+        choices = [choices]
+    choices = [str(c).strip().lower() for c in choices or [] if str(c).strip()]
+    unsure = UNSURE in choices
+    names = [c for c in choices if c != UNSURE]
+    labels = check_labels(names) if names else []
+    if not labels and not unsure:
+        raise StoreError(f"Pick the right emotion (one or more of {', '.join(LABELS)}) or '{UNSURE}'.")
+    return labels, unsure
+
+
+def _clean_note(note: str | None) -> str | None:
+    text = (note or "").strip()
+    if len(text) > MAX_NOTE_CHARS:
+        raise StoreError(f"Notes are limited to {MAX_NOTE_CHARS} characters; shorten it.")
+    return text or None
+
+
+def _media_to_keep(contribution: Contribution) -> bytes | None:
+    if contribution.media is not None:
+        return contribution.media
+    if contribution.media_file is None:
+        return None
+    try:
+        data = Path(contribution.media_file).read_bytes()
+    except OSError:
+        raise StoreError("The uploaded video is no longer on the server; analyze it again to keep it.") from None
+    if sha256_bytes(data) != contribution.sha256:
+        raise StoreError("The uploaded video changed since it was analyzed; analyze it again.")
+    return data
+
+
+def record_correction(
+    store: Store,
+    contribution: Contribution,
+    annotator_id: str,
+    choices: list[str] | str | None,
+    *,
+    note: str | None = None,
+    consent: bool = False,
+) -> Receipt:
+    """Store the clip (media only with consent), the model's prediction and the person's answer.
+
+    choices: emotions and/or 'unsure'. 'unsure' alone keeps the prediction without any vote; with
+    emotions it marks the vote as unsure (aggregation counts it half).
+    """
+    labels, unsure = parse_answer(choices)
+    note = _clean_note(note)
+    annotator_id = check_id(annotator_id, "annotator")
+    try:
+        had_media = store.get_clip(contribution.sha256)["media"] is not None
+        new_clip = False
+    except NotFoundError:
+        had_media, new_clip = False, True
+    clip_id = store.add_clip(
+        _media_to_keep(contribution) if consent else None,
+        sha256=contribution.sha256,
+        ext=contribution.ext,
+        modalities=contribution.modalities,
+        duration=contribution.duration,
+        source="upload",
+        consent=bool(consent),
+        text=contribution.text,
+        uploader=annotator_id,
+    )
+    prediction_id = store.add_prediction(clip_id, contribution.model_version, contribution.probs)
+    vote_id = store.vote(clip_id, annotator_id, labels, unsure=unsure, note=note) if labels else None
+    kept = store.get_clip(clip_id)["media"] is not None
+    log.info("correction stored for clip %s (consent=%s)", short(clip_id), bool(consent))
+    return Receipt(
+        clip_id=clip_id,
+        annotator_id=annotator_id,
+        labels=labels,
+        unsure=unsure,
+        note=note,
+        model_version=contribution.model_version,
+        prediction_id=prediction_id,
+        vote_id=vote_id,
+        kept_media=kept,
+        new_clip=new_clip,
+        media_added=bool(consent) and kept and not had_media,
+    )
+
+
+def delete_contribution(store: Store, receipt: Receipt) -> dict[str, int]:
+    """Remove exactly what one correction stored: the whole clip if it created it, else the vote,
+    the prediction row, and the media file if its consent added it."""
+    if receipt.new_clip:
+        try:
+            return store.delete_clip(receipt.clip_id)
+        except NotFoundError:
+            return {}
+    counts = {"votes": int(store.delete_vote(receipt.clip_id, receipt.annotator_id))}
+    with store.write() as db:
+        cursor = db.execute("DELETE FROM predictions WHERE id = ?", [receipt.prediction_id])
+        counts["predictions"] = cursor.rowcount
+    if receipt.media_added:
+        with contextlib.suppress(NotFoundError):
+            store.set_consent(receipt.clip_id, False)
+            counts["files"] = 1
+    return counts
+
+
+def delete_my_data(store: Store, annotator_id: str, receipts: list[Receipt] = ()) -> dict[str, int]:
+    """Everything a contributor gave: each receipt's data, then their votes and the clips they uploaded."""
+    total: dict[str, int] = {}
+    for receipt in receipts:
+        for key, n in delete_contribution(store, receipt).items():
+            total[key] = total.get(key, 0) + n
+    with contextlib.suppress(NotFoundError):
+        for key, n in store.delete_annotator(annotator_id).items():
+            if key != "annotators":
+                total[key] = total.get(key, 0) + n
+    return total
+
+
+# ------------------------------------------------------------------------------------ labelling
+
+
+@dataclass
+class ClipView:
+    """A queue item as an annotator sees it: one media file (or text) and, unless blind, its context."""
+
+    clip_id: str
+    kind: str  # audio | image | video | text
+    media_path: Path | None
+    text: str | None
+    prediction: dict[str, Any] | None = None  # latest model reading; None when labelling is blind
+    votes: list[dict[str, Any]] = field(default_factory=list)  # others' votes; empty when blind
+
+
+def annotator_id_for(name: str | None = None, hf_username: str | None = None) -> str:
+    """'hf:<user>' for a Hugging Face login, else 'name:<typed name>'; the prefixes keep them apart."""
+    if hf_username:
+        return check_id(f"hf:{hf_username}", "annotator")
+    cleaned = " ".join((name or "").split())
+    if not cleaned:
+        raise StoreError("Type a name (or sign in) so that your votes count as yours.")
+    if len(cleaned) > MAX_NAME_CHARS:
+        raise StoreError(f"Names are limited to {MAX_NAME_CHARS} characters.")
+    return f"name:{cleaned}"
+
+
+def _kind(ext: str) -> str:
+    if ext in AUDIO_EXTS:
+        return "audio"
+    if ext in IMAGE_EXTS:
+        return "image"
+    if ext in VIDEO_EXTS:
+        return "video"
+    return "text"
+
+
+def next_clip(store: Store, annotator_id: str, *, blind: bool = True) -> ClipView | None:
+    """The annotator's next queue item (leased to them), or None when nothing waits for them."""
+    store.ensure_annotator(annotator_id, "crowd")
+    clip = store.next_item(annotator_id)
+    if clip is None:
+        return None
+    path = store.media_path(clip["id"])
+    view = ClipView(
+        clip_id=clip["id"],
+        kind=_kind(clip["ext"]) if path is not None else "text",
+        media_path=path,
+        text=clip.get("text"),
+    )
+    if not blind:
+        view.prediction = store.latest_prediction(clip["id"])
+        view.votes = [v for v in store.votes(clip["id"]) if v["annotator_id"] != annotator_id]
+    return view
+
+
+# ------------------------------------------------------------------------------------ admin
+
+
+def require_admin(token: str | None, settings: Settings) -> None:
+    """StoreError unless `token` equals EMO_ADMIN_TOKEN (constant-time comparison; never echoed)."""
+    if not settings.admin_token:
+        raise StoreError("Admin actions are off on this server (set EMO_ADMIN_TOKEN to enable them).")
+    given = (token or "").strip().encode("utf-8")
+    if not hmac.compare_digest(given, settings.admin_token.encode("utf-8")):
+        raise StoreError("That admin token is not right.")
+
+
+def export_labels(store: Store, out_dir: Path, min_votes: int = 1) -> int:
+    """Write the aggregated labels as a parquet dataset to out_dir; return how many clips went out."""
+    from .io import export_dataset
+
+    return len(export_dataset(store, out_dir, min_votes=min_votes))
+
+
+@dataclass
+class RetrainJob:
+    pid: int
+    log_path: Path
+    command: list[str]
+
+
+def retrain_available() -> bool:
+    try:
+        return importlib.util.find_spec(RETRAIN_MODULE) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def retrain_command(settings: Settings) -> list[str]:
+    """`python -m train.retrain` over this server's store and current model."""
+    return [sys.executable, "-m", RETRAIN_MODULE, "--db", str(settings.database), "--model", str(settings.model)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
+def start_retraining(settings: Settings) -> RetrainJob:
+    """Start retraining as a background process writing to data_dir/retrain/<time>.log; one at a time."""
+    if not retrain_available():
+        raise StoreError("Retraining is not available on this server yet (the train.retrain module is missing).")
+    folder = Path(settings.data_dir) / RETRAIN_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    pid_file = folder / "running.pid"
+    if pid_file.exists():
+        with contextlib.suppress(ValueError):
+            if _alive(int(pid_file.read_text().strip())):
+                raise StoreError("A retraining run is already in progress; wait for it to finish.")
+    log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+    command = retrain_command(settings)
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    pid_file.write_text(str(process.pid))
+    log.info("retraining started (pid %d)", process.pid)
+    return RetrainJob(pid=process.pid, log_path=log_path, command=command)
+
+
+def retrain_status(settings: Settings, lines: int = 15) -> str:
+    """The latest retraining log's last lines ('' when there has been none)."""
+    folder = Path(settings.data_dir) / RETRAIN_DIR
+    logs = sorted(folder.glob("*.log")) if folder.is_dir() else []
+    if not logs:
+        return ""
+    tail = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    return "\n".join(tail)
