@@ -221,6 +221,12 @@ def _cached_predictor(name: str, settings: Settings) -> Predictor:
 
 
 def load_predictor(model: str | None = None, settings: Settings | None = None) -> Predictor:
-    """The process's predictor for a model path/Hub id (default: settings.model); loaded once per process."""
+    """The process's predictor for a model path/Hub id; loaded once per process and model.
+
+    Without `model`: the registry's choice (EMO_MODEL if pinned, else the last promoted version, else the
+    shipped default), checked on every call so a promotion is picked up without a restart.
+    """
+    from backend.registry import current_model
+
     settings = settings or load_settings()
-    return _cached_predictor(str(model or settings.model), settings)
+    return _cached_predictor(str(model or current_model(settings)), settings)
