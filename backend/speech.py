@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,8 @@ CHUNK_SECONDS = 30  # Whisper's context
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames -> 1500 encoder frames
 MIN_FRAMES = 100  # trimmed batches are padded to at least 1 s of mel frames
+
+Audio = list[np.ndarray] | list[torch.Tensor] | torch.Tensor  # 16 kHz mono clips, or a (B, n) batch
 
 
 @dataclass
@@ -155,37 +158,49 @@ def _load_ssl(name: str, source: str, revision: str | None, dtype: torch.dtype) 
     return SpeechBackbone(name, "ssl", model, extractor, config.hidden_size, config.num_hidden_layers)
 
 
-def _pad_batch(audio: list[np.ndarray] | torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Audio list or (B, n) tensor -> zero-padded (B, n_max) float32 on device and lengths (B,)."""
+def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips (arrays or 1-D tensors) or a (B, n) tensor -> zero-padded (B, n_max) float32 on device, lengths (B,)."""
     if isinstance(audio, torch.Tensor):
         batch = audio.unsqueeze(0) if audio.dim() == 1 else audio
         assert batch.dim() == 2, f"expected audio (B, n), got shape {tuple(audio.shape)}"
         lengths = torch.full((batch.shape[0],), batch.shape[1], dtype=torch.long)
         return batch.to(device, torch.float32), lengths.to(device)
     assert len(audio) > 0, "expected at least one clip"
-    clips = [torch.as_tensor(np.asarray(a, dtype=np.float32).reshape(-1)) for a in audio]
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long)
-    batch = nn.utils.rnn.pad_sequence(clips, batch_first=True)
-    return batch.to(device), lengths.to(device)
+    clips = [
+        a.to(device, torch.float32).reshape(-1)
+        if isinstance(a, torch.Tensor)
+        else torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(-1)).to(device)
+        for a in audio
+    ]
+    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long, device=device)
+    return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
 
 
 def encoder_hidden_states(
-    backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor, trim: bool = True
+    backbone: SpeechBackbone,
+    audio: Audio,
+    trim: bool = True,
+    mel_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All encoder hidden states (B, num_layers + 1, T', D) and a bool mask (B, T') of frames inside each clip.
 
     Whisper, trim=True: the batch is padded only to its longest clip (even frame count, >= MIN_FRAMES);
     trim=False: padded to 30 s, the standard computation. Index 0 is the embedding output, the last
     one is after the final layer norm (as transformers returns them). No torch.no_grad here: callers
-    that fine-tune get gradients.
+    that fine-tune get gradients. mel_transform (Whisper only, e.g. SpecAugment for training) maps the
+    float32 log-mel (B, n_mels, T) to the same shape before the encoder; SSL encoders ignore it (they
+    mask time steps themselves when their config asks for it).
     """
     if backbone.kind == "whisper":
-        return _whisper_states(backbone, audio, trim)
+        return _whisper_states(backbone, audio, trim, mel_transform)
     return _ssl_states(backbone, audio)
 
 
 def _whisper_states(
-    backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor, trim: bool
+    backbone: SpeechBackbone,
+    audio: Audio,
+    trim: bool,
+    mel_transform: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     encoder = backbone.model.get_encoder()
     wave, lengths = _pad_batch(audio, backbone.device)
@@ -197,8 +212,11 @@ def _whisper_states(
         frames = max(MIN_FRAMES, math.ceil(longest / HOP_LENGTH))
         frames = min(N_FRAMES, frames + frames % 2)
     wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - longest))
-    mel = log_mel(wave, encoder.config.num_mel_bins).to(backbone.dtype)
-    states = whisper_encoder_states(encoder, mel)
+    mel = log_mel(wave, encoder.config.num_mel_bins)
+    if mel_transform is not None:
+        mel = mel_transform(mel)
+        assert mel.shape == (wave.shape[0], encoder.config.num_mel_bins, frames), "mel_transform changed the shape"
+    states = whisper_encoder_states(encoder, mel.to(backbone.dtype))
     valid_mel = torch.clamp(torch.div(lengths + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor"), max=frames)
     valid = torch.div(valid_mel + 1, 2, rounding_mode="floor")
     mask = torch.arange(states.shape[2], device=states.device)[None, :] < valid[:, None]
@@ -228,7 +246,7 @@ def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor) -> torch.Tenso
     return torch.stack(states, dim=1)
 
 
-def _ssl_states(backbone: SpeechBackbone, audio: list[np.ndarray] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssl_states(backbone: SpeechBackbone, audio: Audio) -> tuple[torch.Tensor, torch.Tensor]:
     """wav2vec2-style encoders: normalise each clip like their feature extractor, then run with all states."""
     extractor, model = backbone.processor, backbone.model
     wave, lengths = _pad_batch(audio, backbone.device)

@@ -309,8 +309,8 @@ def build_generation_config(
 def _alignment_heads(heads: list[list[int]] | None, config: WhisperConfig) -> list[list[int]]:
     """Keep the heads that exist in this model; default (openai) to every head of the upper half."""
     layers, n_heads = config.decoder_layers, config.decoder_attention_heads
-    valid = [[int(l), int(h)] for l, h in heads or [] if l < layers and h < n_heads]
-    return valid or [[l, h] for l in range(layers // 2, layers) for h in range(n_heads)]
+    valid = [[int(layer), int(h)] for layer, h in heads or [] if layer < layers and h < n_heads]
+    return valid or [[layer, h] for layer in range(layers // 2, layers) for h in range(n_heads)]
 
 
 def convert_source(source: Ct2Source, out_dir: Path) -> Path:

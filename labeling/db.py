@@ -17,6 +17,7 @@ import random
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,23 +41,34 @@ def _is_busy(err: sqlite3.OperationalError) -> bool:
 class Connections:
     """Thread-local sqlite-utils Databases on one file."""
 
-    def __init__(self, path: Path, *, synchronous: str = SYNCHRONOUS, busy_seconds: float = BUSY_SECONDS):
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: str = SYNCHRONOUS,
+        busy_seconds: float = BUSY_SECONDS,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+    ):
+        if synchronous not in ("OFF", "NORMAL", "FULL", "EXTRA"):
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
         self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
         self.synchronous = synchronous
         self.busy_seconds = busy_seconds
         self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._all: weakref.WeakSet[Database] = weakref.WeakSet()  # a finished thread's connection is freed
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()  # writers of this process queue here, not in SQLite's busy loop
 
     def _connect(self) -> Database:
-        conn = sqlite3.connect(str(self.path), timeout=BUSY_TIMEOUT_MS / 1000, check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout_ms / 1000, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        db = Database(conn)
         with self._lock:
-            self._all.append(conn)
-        return Database(conn)
+            self._all.add(db)
+        return db
 
     @property
     def db(self) -> Database:
@@ -77,7 +89,9 @@ class Connections:
         if conn.in_transaction:
             yield db
             return
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=self.busy_seconds):
+            raise StoreError("The label database is busy with other writers; please try again in a moment.")
+        try:
             self._begin_immediate(conn)
             try:
                 yield db
@@ -85,6 +99,8 @@ class Connections:
             except BaseException:
                 conn.rollback()
                 raise
+        finally:
+            self._write_lock.release()
 
     def _begin_immediate(self, conn: sqlite3.Connection) -> None:
         deadline = time.monotonic() + self.busy_seconds
@@ -114,7 +130,7 @@ class Connections:
     def close(self) -> None:
         """Close every connection this object opened (call once no thread uses the store)."""
         with self._lock:
-            conns, self._all = self._all, []
-        for conn in conns:
-            conn.close()
+            dbs, self._all = list(self._all), weakref.WeakSet()
+        for db in dbs:
+            db.conn.close()
         self._local = threading.local()

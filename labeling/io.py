@@ -204,6 +204,30 @@ def _media_value(value: Any) -> tuple[bytes | None, str]:
     return data, Path(path).suffix or ".wav"
 
 
+def _dataset_labels(dataset: datasets.Dataset, column: str) -> list[str | None]:
+    """The label column as taxonomy names (ClassLabel ids decoded, -1 = none), all checked up front."""
+    if column not in dataset.column_names:
+        return [None] * len(dataset)
+    feature = dataset.features[column]
+    out, problems = [], []
+    for i, value in enumerate(dataset[column]):
+        if isinstance(feature, datasets.ClassLabel) and value is not None:
+            value = feature.int2str(value) if value >= 0 else None
+        if value in (None, ""):
+            out.append(None)
+            continue
+        if not isinstance(value, str):
+            problems.append(f"row {i}: label {value!r} is not a name (use a ClassLabel or emotion names)")
+            continue
+        try:
+            out.append(check_labels(value)[0])
+        except StoreError as err:
+            problems.append(f"row {i}: {err}")
+    if problems:
+        raise StoreError("The dataset's labels have problems, nothing was imported: " + "; ".join(problems[:5]))
+    return out
+
+
 def import_dataset(
     store: Store,
     dataset: datasets.Dataset | datasets.DatasetDict,
@@ -224,17 +248,12 @@ def import_dataset(
     for column, feature in ((audio_column, datasets.Audio), (image_column, datasets.Image)):
         if column in features and isinstance(features[column], feature):
             dataset = dataset.cast_column(column, feature(decode=False))
-    label_feature = features.get(label_column)
+    labels = _dataset_labels(dataset, label_column)
     labelled = 0
-    for row in dataset:
+    for row, label in zip(dataset, labels, strict=True):
         data, ext = _media_value(row.get(audio_column))
         if data is None:
             data, ext = _media_value(row.get(image_column))
-        label = row.get(label_column)
-        if isinstance(label_feature, datasets.ClassLabel) and label is not None and label >= 0:
-            label = label_feature.int2str(label)
-        elif isinstance(label, int):
-            label = None if label < 0 else label
         import_item(
             store,
             data=data,

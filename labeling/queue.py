@@ -1,17 +1,20 @@
 """The annotation queue: which clip an annotator should label next, and a lease on its slot.
 
 A clip needs `k` votes. Open reservations (leases) of other annotators count toward k until they
-expire, so two annotators asking at once never both get the last slot; the whole choice runs in the
-caller's BEGIN IMMEDIATE transaction. Among open clips the most valuable comes first:
+expire; the lease is taken in the caller's BEGIN IMMEDIATE transaction after re-checking the slot,
+so two annotators asking at once never both get the last one. Among open clips the most valuable
+comes first:
 
     value = W_UNCERTAINTY * model uncertainty   (normalised entropy of the latest prediction; 1 if none)
           + W_DISAGREEMENT * vote disagreement  (1 - share of the most given label so far)
           + W_RARITY * rarity of the predicted class (1 - its count / the most predicted class's count)
 
 Ties go to clips closer to k, then the oldest. Ranking reads the whole queue, so it runs before the
-write lock is taken; inside the lock only the chosen clip is re-checked (see `choose`). Gold clips (known label) sit outside the k
-bookkeeping: each annotator sees each gold clip at most once, mixed in so that after n items
-floor(gold_rate * n) of them were gold (a deterministic quota, so the rate is exact and testable).
+write lock is taken; inside the lock only the chosen clips are re-checked (see `choose`).
+
+Gold clips (known label) sit outside the k bookkeeping: each annotator sees each gold clip at most
+once, mixed in so that after n items floor(gold_rate * n) of them were gold (a deterministic quota:
+the rate is exact and testable; which positions are gold is predictable in principle).
 Only clips whose content is kept (consented media or text) can be shown, so only they are queued.
 """
 

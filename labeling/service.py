@@ -369,7 +369,7 @@ def start_retraining(settings: Settings) -> RetrainJob:
     log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
     command = retrain_command(settings)
     with open(log_path, "ab") as out:
-        process = subprocess.Popen(  # noqa: S603 - fixed argv, no shell
+        process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
     pid_file.write_text(str(process.pid))

@@ -23,7 +23,8 @@ from transformers import (
 from backend import speech
 from backend.errors import ModelError
 
-RAVDESS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ravdess-speech-16k"
+SHARED = Path(os.environ.get("EMO_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+RAVDESS = SHARED / "ravdess-speech-16k"
 STATEMENT_1 = RAVDESS / "Actor_01" / "03-01-01-01-01-01-01.flac"  # "Kids are talking by the door"
 STATEMENT_2 = RAVDESS / "Actor_02" / "03-01-05-01-02-01-02.flac"  # "Dogs are sitting by the door", angry
 
@@ -110,6 +111,23 @@ def test_tensor_input_equals_list_input(tiny):
         from_list, _ = speech.encoder_hidden_states(tiny, clips)
         from_tensor, mask = speech.encoder_hidden_states(tiny, torch.from_numpy(np.stack(clips)))
     assert torch.allclose(from_list, from_tensor) and mask.all()
+
+
+def test_list_of_tensors_and_mel_transform(tiny):
+    clips = [tone(1.0), tone(0.6, 330.0)]
+    seen = []
+
+    def silence_first_clip(mel: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(mel.shape))
+        return torch.cat([torch.full_like(mel[:1], -1.5), mel[1:]])
+
+    with torch.no_grad():
+        base, mask = speech.encoder_hidden_states(tiny, clips)
+        tensors, _ = speech.encoder_hidden_states(tiny, [torch.from_numpy(c) for c in clips])
+        changed, _ = speech.encoder_hidden_states(tiny, clips, mel_transform=silence_first_clip)
+    assert torch.allclose(base, tensors) and mask.sum(1).tolist() == [50, 30]
+    assert seen == [(2, 80, 100)]
+    assert not torch.allclose(changed[0], base[0]) and torch.allclose(changed[1], base[1], atol=1e-6)
 
 
 def test_gradients_flow_into_the_encoder(tiny):
@@ -206,9 +224,9 @@ def test_unloadable_backbones_raise_model_error(tmp_path):
     with pytest.raises(ModelError, match="cannot load"):
         speech.load_speech_backbone("no-such-org/no-such-speech-model", cache=tmp_path)
     text_model = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)).save_pretrained(
-        text_model
-    )
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    ).save_pretrained(text_model)
     with pytest.raises(ModelError, match="not a raw-audio speech encoder"):
         speech.load_speech_backbone(str(text_model), cache=tmp_path)
 

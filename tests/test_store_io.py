@@ -127,6 +127,14 @@ def test_import_text_dataset_without_labels(store):
     assert store.db["clips"].count == 2  # same text, same clip
 
 
+@pytest.mark.parametrize("labels", [["happy", "boredom"], [1, 2]])
+def test_bad_dataset_labels_import_nothing(store, labels):
+    ds = datasets.Dataset.from_dict({"text": ["a", "b"], "label": labels})
+    with pytest.raises(StoreError, match="nothing was imported"):
+        import_dataset(store, ds)
+    assert store.db["clips"].count == 0
+
+
 def test_export_parquet_reloads_with_audio_for_consented_clips(store, tmp_path):
     folder, files = make_folder(tmp_path)
     import_folder(store, folder, label_mode="vote")

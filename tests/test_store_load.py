@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from backend.labels import LABELS
-from labeling import Store
+from labeling import Store, StoreError
+from labeling.db import Connections
 
 REPO = Path(__file__).resolve().parents[1]
 THREADS, VOTES = 50, 200
@@ -51,6 +53,47 @@ def test_50_writer_threads_every_vote_exactly_once(tmp_path):
         assert r["labels"] == f'["{LABELS[(t + i) % len(LABELS)]}"]'
     assert store.db["vote_history"].count == 0
     store.close()
+
+
+def hold_write_lock(path: Path, seconds: float) -> threading.Thread:
+    """Another connection (as another process would) holding the write lock for a while."""
+    ready = threading.Event()
+
+    def hold():
+        conn = sqlite3.connect(str(path))
+        conn.execute("BEGIN IMMEDIATE")
+        ready.set()
+        time.sleep(seconds)
+        conn.rollback()
+        conn.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    ready.wait()
+    return thread
+
+
+def test_a_writer_waits_out_a_foreign_lock_with_retries(tmp_path):
+    Store.open(tmp_path / "studio.db").close()
+    conns = Connections(tmp_path / "studio.db", busy_seconds=5.0, busy_timeout_ms=20)
+    holder = hold_write_lock(tmp_path / "studio.db", 0.5)
+    start = time.monotonic()
+    with conns.write() as db:  # SQLite gives up after 20 ms; the retry loop keeps going
+        db.execute("INSERT INTO annotators (id, kind, created) VALUES ('a', 'crowd', 'now')")
+    assert time.monotonic() - start >= 0.4
+    holder.join()
+    assert conns.db["annotators"].count == 1
+    conns.close()
+
+
+def test_a_lock_held_too_long_is_a_store_error_not_sqlite_busy(tmp_path):
+    Store.open(tmp_path / "studio.db").close()
+    conns = Connections(tmp_path / "studio.db", busy_seconds=0.2, busy_timeout_ms=20)
+    holder = hold_write_lock(tmp_path / "studio.db", 0.5)
+    with pytest.raises(StoreError, match="busy"), conns.write():
+        pass
+    holder.join()
+    conns.close()
 
 
 CHILD = textwrap.dedent(

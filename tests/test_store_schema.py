@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import sqlite3
 import threading
 
@@ -52,6 +53,15 @@ def test_wal_and_foreign_keys_on_every_thread_connection(store):
         t.join()
     assert seen[0::2] == [1, 1, 1]
     assert all(timeout > 0 for timeout in seen[1::2])
+
+
+def test_a_finished_threads_connection_is_released(store):
+    store.db.execute("SELECT 1")  # the main thread's connection
+    thread = threading.Thread(target=lambda: store.db.execute("SELECT 1"))
+    thread.start()
+    thread.join()
+    gc.collect()
+    assert len(store.conns._all) == 1
 
 
 def test_foreign_keys_are_enforced(store):

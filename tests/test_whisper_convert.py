@@ -159,7 +159,7 @@ def test_generation_config_ids_come_from_the_tokenizer(tiny_export, tmp_path):
     model.model.decoder.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True
     )
-    ids = model.generate(torch.zeros(1, 80, 3000), language="en", task="transcribe", max_new_tokens=3)
+    model.generate(torch.zeros(1, 80, 3000), language="en", task="transcribe", max_new_tokens=3)
     prompt = [gc.decoder_start_token_id, gc.lang_to_id["<|en|>"], gc.task_to_id["transcribe"]]
     assert seen[0][0].tolist() == [*prompt, gc.no_timestamps_token_id]
 

@@ -1,0 +1,488 @@
+"""Emotion studio: the Gradio app (Analyze, Label and Model tabs). UI wiring only.
+
+Handlers adapt widget values to one call into backend/ (media, predictor, present) or labeling/
+(store, service) and back; every event has an api_name, so the app is also an API:
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    label, *_ = client.predict(audio=handle_file("clip.wav"), api_name="/predict")
+    print(label["label"], label["confidences"][:3])
+    client.predict(choices=["sad"], consent=False, api_name="/correct")
+
+Run: `python app.py` (settings from EMO_* variables; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT as usual).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from backend import present
+from backend.errors import MediaError, ModelError
+from backend.labels import LABELS
+from backend.media import load_sample
+from backend.predictor import load_predictor
+from backend.settings import Settings, load_settings
+from labeling import agreement_report, service
+from labeling.errors import StoreError
+from labeling.store import Store
+
+log = logging.getLogger(__name__)
+
+ON_SPACES = bool(os.environ.get("SPACE_ID"))
+MB = 1024 * 1024
+
+
+def _no_gpu_decorator(fn: Callable) -> Callable:
+    return fn
+
+
+gpu = _no_gpu_decorator
+if ON_SPACES:  # ZeroGPU: only the decorated call holds a GPU; the model itself loads once at startup
+    try:
+        import spaces
+
+        gpu = spaces.GPU
+    except ImportError:
+        log.info("the spaces package is not installed; running without ZeroGPU")
+
+
+@functools.cache
+def get_settings() -> Settings:
+    return load_settings()
+
+
+@functools.cache
+def get_store() -> Store:
+    settings = get_settings()
+    return Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
+
+
+def get_predictor():
+    """The process's one model (backend.predictor caches it)."""
+    return load_predictor(settings=get_settings())
+
+
+def shows_errors(fn: Callable) -> Callable:
+    """Turn the project's person-readable errors into gr.Error; anything else becomes a generic message."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (MediaError, StoreError, ModelError) as error:
+            raise gr.Error(str(error)) from None
+        except gr.Error:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise gr.Error("Something went wrong on the server; please try again or use another file.") from None
+
+    return wrapper
+
+
+def new_session() -> dict[str, Any]:
+    """Per-browser-session data: an anonymous contributor id, the analysis waiting for an answer, receipts."""
+    return {"user": f"session:{uuid.uuid4().hex[:16]}", "pending": None, "receipts": []}
+
+
+# ------------------------------------------------------------------------------------------ Analyze
+
+
+@gpu
+def run_model(sample):
+    return get_predictor().predict(sample)
+
+
+@shows_errors
+def predict(
+    audio: Any = None,
+    video: str | None = None,
+    image: str | None = None,
+    text: str | None = None,
+    session: dict | None = None,
+):
+    """Analyze whatever was given; the result waits in the session for the person's answer."""
+    sample = load_sample(
+        audio=audio or None, video=video or None, image=image or None, text=text, settings=get_settings()
+    )
+    prediction = run_model(sample)
+    session = session or new_session()
+    session["pending"] = service.make_contribution(sample, prediction, video=video or None)
+    frame = present.face_image(sample.frames, prediction.faces)
+    timeline = present.timeline_frame(prediction)
+    return (
+        present.label_confidences(prediction),
+        present.summary_markdown(prediction, device=str(get_predictor().device)),
+        present.breakdown_table(prediction),
+        present.highlighted_words(prediction.words, sample.text or prediction.transcript),
+        gr.Image(value=frame, visible=frame is not None),
+        gr.LinePlot(value=timeline, visible=not timeline.empty),
+        prediction.to_dict(),
+        session,
+        gr.CheckboxGroup(value=[]),
+        "",
+    )
+
+
+@shows_errors
+def correct(choices: list[str], note: str | None = None, consent: bool = False, session: dict | None = None):
+    """Store the person's answer about the last analysis (media only with consent) and say what was kept."""
+    session = session or new_session()
+    if session["pending"] is None:
+        raise StoreError("Analyze something first, then say what the right emotion is.")
+    receipt = service.record_correction(
+        get_store(), session["pending"], session["user"], choices, note=note, consent=bool(consent)
+    )
+    session["receipts"].append(receipt)
+    return present.receipt_markdown(receipt.to_dict()), receipt.to_dict(), session
+
+
+@shows_errors
+def delete_my_data(session: dict | None = None):
+    """Delete everything this browser session gave (clips it created, votes, kept media)."""
+    session = session or new_session()
+    counts = service.delete_my_data(get_store(), session["user"], session["receipts"])
+    session["receipts"] = []
+    return present.deletion_markdown(counts), counts, session
+
+
+# ------------------------------------------------------------------------------------------ Label
+
+
+def show_clip(view: service.ClipView | None, annotator: str, message: str = "") -> tuple:
+    """Widget values for one queue item: exactly one of audio/image/video/text is visible."""
+    store = get_store()
+    progress = present.progress_markdown(store.annotator_progress(annotator))
+    labeler = {"annotator": annotator, "clip_id": view.clip_id if view else None}
+    if view is None:
+        done = "Nothing left to label right now. Thank you! Come back later for more."
+        hidden = (gr.Audio(value=None, visible=False), gr.Image(value=None, visible=False))
+        return (
+            *hidden,
+            gr.Video(value=None, visible=False),
+            gr.Markdown(done, visible=True),
+            "",
+            progress,
+            "",
+            labeler,
+        )
+    path = str(view.media_path) if view.media_path else None
+    context = (
+        "" if view.prediction is None and not view.votes else present.clip_context_markdown(view.prediction, view.votes)
+    )
+    return (
+        gr.Audio(value=path if view.kind == "audio" else None, visible=view.kind == "audio"),
+        gr.Image(value=path if view.kind == "image" else None, visible=view.kind == "image"),
+        gr.Video(value=path if view.kind == "video" else None, visible=view.kind == "video"),
+        gr.Markdown(f"> {view.text}" if view.text else message, visible=bool(view.text or message)),
+        context,
+        progress,
+        view.clip_id,
+        labeler,
+    )
+
+
+def _annotator(labeler: dict | None) -> str:
+    if not labeler or not labeler.get("annotator"):
+        raise StoreError("Type your name (or sign in) and press Start first.")
+    return labeler["annotator"]
+
+
+@shows_errors
+def next_item(name: str | None = None, labeler: dict | None = None, profile: gr.OAuthProfile | None = None):
+    """Identify the annotator (HF login on Spaces, else the typed name) and serve their next clip."""
+    annotator = service.annotator_id_for(name, profile.username if profile else None)
+    view = service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling)
+    return show_clip(view, annotator)
+
+
+@shows_errors
+def vote(labels: list[str], unsure: bool = False, note: str | None = None, labeler: dict | None = None):
+    """Record the annotator's vote on the clip they hold, then serve the next one."""
+    annotator = _annotator(labeler)
+    if not labeler.get("clip_id"):
+        raise StoreError("There is no clip to vote on; press Start / next clip.")
+    get_store().vote(
+        labeler["clip_id"], annotator, labels or [], unsure=bool(unsure), note=(note or "").strip() or None
+    )
+    return show_clip(service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling), annotator)
+
+
+def quick_vote(label: str) -> Callable:
+    """A one-emotion vote for a button (and its keyboard shortcut)."""
+
+    def vote_for(note: str | None, labeler: dict | None):
+        return vote([label], False, note, labeler)
+
+    return vote_for
+
+
+@shows_errors
+def skip(labeler: dict | None = None):
+    """Pass on the current clip (it is not shown to this annotator again) and serve the next one."""
+    annotator = _annotator(labeler)
+    if labeler.get("clip_id"):
+        get_store().skip(labeler["clip_id"], annotator)
+    return show_clip(service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling), annotator)
+
+
+# ------------------------------------------------------------------------------------------ Model
+
+
+def model_folder(settings: Settings) -> Path | None:
+    """The loaded model's folder when it is local or already in the Hub cache (never downloads here)."""
+    path = Path(settings.model).expanduser()
+    if path.is_dir():
+        return path
+    try:
+        from backend.model import resolve_model_folder
+
+        return resolve_model_folder(settings.model)
+    except ModelError:
+        return None
+
+
+@shows_errors
+def stats():
+    """Model card figures, store counts, label distribution, agreement and retraining history."""
+    settings, store = get_settings(), get_store()
+    info = present.model_info(model_folder(settings), get_predictor().model_version)
+    figures = store.stats()
+    report = agreement_report(store)
+    runs = store.training_runs()
+    retrain_log = service.retrain_status(settings)
+    return (
+        f"### Model `{info.version}`",
+        info.card or "_This model folder has no model card (README.md)._",
+        info.metrics,
+        gr.Image(value=str(info.confusion) if info.confusion else None, visible=info.confusion is not None),
+        present.counts_table(figures),
+        present.label_distribution(figures),
+        present.agreement_markdown(report),
+        present.runs_table(runs),
+        f"```\n{retrain_log}\n```" if retrain_log else "",
+        {"model_version": info.version, "stats": figures, "agreement": report, "training_runs": runs},
+    )
+
+
+@shows_errors
+def export(token: str | None = None):
+    settings = get_settings()
+    service.require_admin(token, settings)
+    out = Path(settings.data_dir) / "export"
+    n = service.export_labels(get_store(), out)
+    return f"Exported {n} labelled clip(s) to `{out}` (parquet + dataset card)."
+
+
+@shows_errors
+def retrain(token: str | None = None):
+    settings = get_settings()
+    service.require_admin(token, settings)
+    job = service.start_retraining(settings)
+    return f"Retraining started (process {job.pid}); its log is `{job.log_path.name}`. Press Refresh to follow it."
+
+
+@shows_errors
+def delete_clip(token: str | None = None, clip_id: str | None = None):
+    service.require_admin(token, get_settings())
+    return present.deletion_markdown(get_store().delete_clip((clip_id or "").strip()))
+
+
+@shows_errors
+def delete_annotator(token: str | None = None, annotator_id: str | None = None):
+    service.require_admin(token, get_settings())
+    return present.deletion_markdown(get_store().delete_annotator((annotator_id or "").strip()))
+
+
+# ------------------------------------------------------------------------------------------ layout
+
+INTRO = """# Emotion studio
+Record or upload your **voice**, add a **face** (webcam snapshot, photo or video) and/or type **text**,
+then press **Analyze**. Below the result you can tell the model what the right answer was."""
+LABEL_HELP = """Listen or look, then press the emotion you perceive. Keys: **1-7** vote, **s** skips.
+You will not see the model's answer or other people's votes while labelling."""
+ADMIN_HELP = "Admins: paste the admin token (EMO_ADMIN_TOKEN) to export labels, start retraining or delete data."
+
+
+def keyboard_js() -> str:
+    """Keys 1-7 press the emotion buttons and s presses Skip, unless typing in a field."""
+    keys = {str(i + 1): f"vote-{name}" for i, name in enumerate(LABELS)} | {"s": "skip-btn"}
+    return (
+        "() => { const keys = " + json.dumps(keys) + ";"
+        "document.addEventListener('keydown', (e) => {"
+        " const t = e.target; if (e.ctrlKey || e.metaKey || e.altKey || e.repeat) return;"
+        " if (t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable)) return;"
+        " const id = keys[e.key.toLowerCase()]; if (!id) return;"
+        " const b = document.getElementById(id);"
+        " if (b && b.offsetParent !== null && !b.disabled) { e.preventDefault(); b.click(); } }); }"
+    )
+
+
+def build_analyze_tab() -> None:
+    session = gr.State(None)
+    gr.Markdown(INTRO)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1):
+            audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Voice: record or upload")
+            with gr.Row():
+                image = gr.Image(sources=["webcam", "upload", "clipboard"], type="filepath", label="Face: photo")
+                video = gr.Video(sources=["webcam", "upload"], label="Face: video", include_audio=True)
+            text = gr.Textbox(label="Text (optional)", lines=2, placeholder="What was said or written")
+            analyze = gr.Button("Analyze", variant="primary", elem_id="analyze-btn")
+        with gr.Column(scale=1):
+            emotion = gr.Label(num_top_classes=4, label="Emotion", elem_id="emotion-label")
+            summary = gr.Markdown(elem_id="summary")
+            breakdown = gr.Dataframe(
+                label="Which input said what (weight = its share in the result)", interactive=False
+            )
+            words = gr.HighlightedText(
+                label="Words (emotion words highlighted)", color_map=present.EMOTION_COLORS, show_legend=True
+            )
+            faces = gr.Image(label="Faces found", type="numpy", interactive=False, visible=False)
+            timeline = gr.LinePlot(
+                x="time",
+                y="probability",
+                color="emotion",
+                color_map=present.EMOTION_COLORS,
+                x_title="time (s)",
+                label="Emotion over time",
+                visible=False,
+            )
+            details = gr.JSON(label="Full result", visible=False)
+    with gr.Group(elem_id="correction"):
+        gr.Markdown("### Is this right? Tell the model the right emotion")
+        answer = gr.CheckboxGroup([*LABELS, service.UNSURE], label="The right emotion (one or more, or unsure)")
+        note = gr.Textbox(label="Note (optional)", lines=1)
+        consent = gr.Checkbox(
+            False,
+            label="Keep my recording / photo / text for training the model (optional). "
+            "Without this tick only the prediction and your answer are kept, never the media.",
+        )
+        with gr.Row():
+            save = gr.Button("Save my answer", variant="primary", elem_id="save-btn")
+            delete = gr.Button("Delete what I gave", variant="secondary", elem_id="delete-btn")
+        stored = gr.Markdown(elem_id="stored")
+        receipt = gr.JSON(visible=False)
+    outputs = [emotion, summary, breakdown, words, faces, timeline, details, session, answer, stored]
+    analyze.click(predict, [audio, video, image, text, session], outputs, api_name="predict")
+    save.click(correct, [answer, note, consent, session], [stored, receipt, session], api_name="correct")
+    delete.click(delete_my_data, [session], [stored, receipt, session], api_name="delete_my_data")
+
+
+def build_label_tab(settings: Settings) -> None:
+    labeler = gr.State(None)
+    gr.Markdown(LABEL_HELP if settings.blind_labeling else LABEL_HELP.splitlines()[0])
+    if ON_SPACES:
+        gr.LoginButton()
+    with gr.Row():
+        name = gr.Textbox(label="Your name" + (" (or sign in above)" if ON_SPACES else ""), scale=3)
+        start = gr.Button("Start / next clip", variant="primary", scale=1, elem_id="start-btn")
+    progress = gr.Markdown(elem_id="progress")
+    clip_audio = gr.Audio(type="filepath", interactive=False, visible=False, label="Clip")
+    clip_image = gr.Image(type="filepath", interactive=False, visible=False, label="Clip")
+    clip_video = gr.Video(interactive=False, visible=False, label="Clip")
+    clip_text = gr.Markdown(visible=False)
+    context = gr.Markdown()
+    clip_id = gr.Textbox(visible=False)
+    with gr.Row():
+        buttons = {name: gr.Button(f"{i + 1} {name}", elem_id=f"vote-{name}") for i, name in enumerate(LABELS)}
+    with gr.Row():
+        note = gr.Textbox(label="Note (optional)", scale=3)
+        skip_btn = gr.Button("s Skip", elem_id="skip-btn", scale=1)
+    with gr.Accordion("More than one emotion, or not sure?", open=False):
+        several = gr.CheckboxGroup(list(LABELS), label="Emotions")
+        unsure = gr.Checkbox(False, label="I'm not sure")
+        submit = gr.Button("Submit vote", elem_id="submit-vote")
+    shown = [clip_audio, clip_image, clip_video, clip_text, context, progress, clip_id, labeler]
+    start.click(next_item, [name, labeler], shown, api_name="next_item")
+    name.submit(next_item, [name, labeler], shown, api_name="next_item_enter", api_visibility="private")
+    submit.click(vote, [several, unsure, note, labeler], shown, api_name="vote")
+    skip_btn.click(skip, [labeler], shown, api_name="skip")
+    for label, button in buttons.items():
+        button.click(quick_vote(label), [note, labeler], shown, api_name=f"vote_{label}", api_visibility="private")
+
+
+def build_model_tab(settings: Settings) -> gr.Tab:
+    with gr.Tab("Model", id="model") as tab:
+        with gr.Row():
+            version = gr.Markdown()
+            refresh = gr.Button("Refresh", scale=0, elem_id="refresh-btn")
+        with gr.Row():
+            metrics = gr.Dataframe(label="Dev-set metrics (training_summary.json)", interactive=False)
+            confusion = gr.Image(label="Confusion matrix", visible=False, interactive=False)
+        with gr.Accordion("Model card", open=False):
+            card = gr.Markdown()
+        with gr.Row():
+            counts = gr.Dataframe(label="Corrections and votes", interactive=False)
+            distribution = gr.BarPlot(
+                x="emotion", y="votes", color="emotion", color_map=present.EMOTION_COLORS, label="Label distribution"
+            )
+        agreement = gr.Markdown()
+        runs = gr.Dataframe(label="Retraining history and promotion decisions", interactive=False)
+        retrain_log = gr.Markdown()
+        figures = gr.JSON(visible=False)
+        with gr.Accordion("Admin", open=False):
+            gr.Markdown(ADMIN_HELP)
+            token = gr.Textbox(label="Admin token", type="password")
+            with gr.Row():
+                export_btn = gr.Button("Export labels")
+                retrain_btn = gr.Button("Start retraining")
+            with gr.Row():
+                clip_box = gr.Textbox(label="Clip id to delete", scale=3)
+                del_clip = gr.Button("Delete clip", variant="stop", scale=1)
+            with gr.Row():
+                annotator_box = gr.Textbox(label="Annotator id to delete", scale=3)
+                del_annotator = gr.Button("Delete annotator", variant="stop", scale=1)
+            admin_out = gr.Markdown()
+    shown = [version, card, metrics, confusion, counts, distribution, agreement, runs, retrain_log, figures]
+    refresh.click(stats, None, shown, api_name="stats")
+    tab.select(stats, None, shown, api_name="stats_on_open", api_visibility="private")
+    export_btn.click(export, [token], admin_out, api_name="export")
+    retrain_btn.click(retrain, [token], admin_out, api_name="retrain")
+    del_clip.click(delete_clip, [token, clip_box], admin_out, api_name="delete_clip")
+    del_annotator.click(delete_annotator, [token, annotator_box], admin_out, api_name="delete_annotator")
+    return tab
+
+
+def build_demo(settings: Settings | None = None) -> gr.Blocks:
+    """The whole app; cheap to build (no model load, no store access until an event runs)."""
+    settings = settings or get_settings()
+    with gr.Blocks(title="Emotion studio") as demo, gr.Tabs():
+        with gr.Tab("Analyze", id="analyze"):
+            build_analyze_tab()
+        with gr.Tab("Label", id="label"):
+            build_label_tab(settings)
+        build_model_tab(settings)
+    return demo.queue(default_concurrency_limit=settings.concurrency, max_size=settings.queue_size)
+
+
+def launch_options(settings: Settings) -> dict[str, Any]:
+    """launch() arguments shared by __main__ and the end-to-end tests."""
+    return {
+        "max_file_size": int(settings.max_upload_mb * MB),
+        "allowed_paths": [str(settings.media_dir)],  # the store's media, served to annotators only via media_path
+        "js": keyboard_js(),
+    }
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    started = time.perf_counter()
+    get_predictor()  # load the model once, before the first request (ZeroGPU needs it at startup)
+    log.info("model loaded in %.1f s", time.perf_counter() - started)
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if ON_SPACES else "127.0.0.1"),
+        **launch_options(get_settings()),
+    )
