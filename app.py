@@ -333,7 +333,9 @@ def build_analyze_tab() -> None:
     gr.Markdown(INTRO)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
-            audio = gr.Audio(sources=["microphone", "upload"], type="filepath", label="Voice: record or upload")
+            audio = gr.Audio(
+                sources=["microphone", "upload"], type="filepath", label="Voice: record or upload", elem_id="audio-in"
+            )
             with gr.Row():
                 image = gr.Image(sources=["webcam", "upload", "clipboard"], type="filepath", label="Face: photo")
                 video = gr.Video(sources=["webcam", "upload"], label="Face: video", include_audio=True)

@@ -58,6 +58,7 @@ class SpeechBackbone:
     hidden_size: int
     num_layers: int
     sampling_rate: int = SAMPLE_RATE
+    has_asr: bool = True  # False for SSL encoders and encoder-only Whisper checkpoints
 
     @property
     def device(self) -> torch.device:
@@ -139,12 +140,15 @@ def _load_whisper(name: str, source: str, revision: str | None, dtype: torch.dty
     model, info = WhisperForConditionalGeneration.from_pretrained(
         source, revision=revision, dtype=dtype, output_loading_info=True
     )
-    bad = {k: v for k, v in info.items() if k != "error_msgs" and v}
-    if bad or info.get("error_msgs"):
+    missing = list(info.get("missing_keys") or [])
+    encoder_missing = [k for k in missing if k.startswith("model.encoder.")]
+    if encoder_missing or info.get("unexpected_keys") or info.get("mismatched_keys") or info.get("error_msgs"):
         raise ModelError(f"{name}: checkpoint does not match WhisperForConditionalGeneration: {info}")
+    if missing:  # e.g. an encoder-only fp16 pack for training machines: features yes, ASR no
+        log.warning("%s has no decoder weights (%d missing): encoder only, no ASR", name, len(missing))
     processor = WhisperProcessor.from_pretrained(source, revision=revision)
     config = model.config
-    return SpeechBackbone(name, "whisper", model, processor, config.d_model, config.encoder_layers)
+    return SpeechBackbone(name, "whisper", model, processor, config.d_model, config.encoder_layers, has_asr=not missing)
 
 
 def _load_ssl(name: str, source: str, revision: str | None, dtype: torch.dtype) -> SpeechBackbone:
@@ -155,7 +159,7 @@ def _load_ssl(name: str, source: str, revision: str | None, dtype: torch.dtype) 
         raise ModelError(f"{name} is a {model.config.model_type} model, not a raw-audio speech encoder")
     extractor = AutoFeatureExtractor.from_pretrained(source, revision=revision)
     config = model.config
-    return SpeechBackbone(name, "ssl", model, extractor, config.hidden_size, config.num_hidden_layers)
+    return SpeechBackbone(name, "ssl", model, extractor, config.hidden_size, config.num_hidden_layers, has_asr=False)
 
 
 def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -275,7 +279,7 @@ def transcribe(
 ) -> list[str]:
     """Whisper ASR: one stripped transcript per clip. Clips over 30 s are cut into 30 s pieces whose
     texts are joined. language None: Whisper detects it per piece (multilingual models)."""
-    if backbone.kind != "whisper":
+    if backbone.kind != "whisper" or not backbone.has_asr:
         raise ModelError("this speech backbone has no ASR")
     pieces, owners = [], []
     for index, clip in enumerate(audio):

@@ -11,6 +11,7 @@ CLI: python -m backend.whisper_convert [--alias whisper-base] [--cache DIR]  (pr
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -372,7 +373,8 @@ def ensure_converted(alias: str, cache: Path) -> Path:
 
     A folder whose marker is missing (half-written) or whose files or source hash disagree with the
     marker (corrupted, or the wheel changed) is rebuilt with a warning. Writes go to a temporary
-    folder that is renamed into place, so readers never see a partial folder.
+    folder that is renamed into place, so readers never see a partial folder; a file lock makes
+    concurrent processes (several workers, accelerate ranks) convert once and share the result.
     """
     source = find_source(alias)
     digest = source_hash(source)
@@ -380,17 +382,26 @@ def ensure_converted(alias: str, cache: Path) -> Path:
     target = root / alias
     if _cache_is_valid(target, digest):
         return target
-    if target.exists():
-        log.warning("cached %s at %s is incomplete or corrupted; rebuilding it", alias, target)
     root.mkdir(parents=True, exist_ok=True)
+    with open(root / f".{alias}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if _cache_is_valid(target, digest):  # another process converted it while we waited
+            return target
+        if target.exists():
+            log.warning("cached %s at %s is incomplete or corrupted; rebuilding it", alias, target)
+        _convert_atomically(source, digest, target)
+    return target
+
+
+def _convert_atomically(source: Ct2Source, digest: str, target: Path) -> None:
     start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{source.alias}.", dir=target.parent))
     try:
         convert_source(source, tmp)
         files = {
             str(p.relative_to(tmp)): {"size": p.stat().st_size, "sha256": _file_sha256(p)} for p in _output_files(tmp)
         }
-        record = {"format": FORMAT_VERSION, "alias": alias, "source_sha256": digest, "files": files}
+        record = {"format": FORMAT_VERSION, "alias": source.alias, "source_sha256": digest, "files": files}
         (tmp / MARKER).write_text(json.dumps(record, indent=1), encoding="utf-8")
         if target.exists():
             shutil.rmtree(target)
@@ -398,8 +409,7 @@ def ensure_converted(alias: str, cache: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("converted %s to %s in %.1f s", alias, target, time.perf_counter() - start)
-    return target
+    log.info("converted %s to %s in %.1f s", source.alias, target, time.perf_counter() - start)
 
 
 def folder_size(folder: Path) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file, save_file
 from transformers import (
     BertConfig,
     BertModel,
@@ -63,7 +64,7 @@ def test_log_mel_shapes_for_short_audio_and_more_mels():
 
 def test_tiny_backbone_comes_back_from_its_folder(tiny):
     assert (tiny.kind, tiny.hidden_size, tiny.num_layers, tiny.sampling_rate) == ("whisper", 64, 2, 16_000)
-    assert tiny.dtype == torch.float32 and not tiny.model.training
+    assert tiny.dtype == torch.float32 and not tiny.model.training and tiny.has_asr
     tokenizer = tiny.processor.tokenizer
     gc = tiny.model.generation_config
     assert gc.lang_to_id["<|fr|>"] == tokenizer.convert_tokens_to_ids("<|fr|>")
@@ -163,6 +164,29 @@ def test_long_clips_are_transcribed_in_30_second_pieces(tiny, monkeypatch):
     texts = speech.transcribe(tiny, [np.zeros(35 * 16_000, np.float32), tone(1.0)])
     assert seen == [speech.N_SAMPLES, 5 * 16_000, 16_000]
     assert texts == ["w0 w1", "w2"]
+
+
+def test_encoder_only_checkpoint_gives_features_but_no_asr(tiny, tmp_path):
+    """Training machines get fp16 encoder-only packs; strict about the encoder, tolerant of no decoder."""
+    folder = tmp_path / "encoder-only"
+    tiny.model.save_pretrained(folder)
+    tiny.processor.save_pretrained(folder)
+    weights = load_file(folder / "model.safetensors")
+    encoder = {k: v.half() for k, v in weights.items() if k.startswith("model.encoder.")}
+    save_file(encoder, folder / "model.safetensors", metadata={"format": "pt"})
+    backbone = speech.load_speech_backbone(str(folder), cache=tmp_path)
+    assert backbone.kind == "whisper" and not backbone.has_asr and backbone.dtype == torch.float32
+    clips = [tone(1.0)]
+    with torch.no_grad():
+        want, _ = speech.encoder_hidden_states(tiny, clips)
+        got, _ = speech.encoder_hidden_states(backbone, clips)
+    assert torch.allclose(got, want, atol=1e-2)  # fp16 rounding of the weights only
+    with pytest.raises(ModelError, match="no ASR"):
+        speech.transcribe(backbone, clips)
+    del encoder["model.encoder.conv1.weight"]
+    save_file(encoder, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="does not match"):
+        speech.load_speech_backbone(str(folder), cache=tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -188,7 +188,7 @@ def test_cache_converts_once_and_rebuilds_broken_folders(tiny_export, tmp_path, 
     path = wc.ensure_converted("whisper-base", tmp_path)
     assert path == tmp_path / "backbones" / "whisper-base" and (path / wc.MARKER).is_file()
     assert wc.ensure_converted("whisper-base", tmp_path) == path and len(calls) == 1  # reused
-    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp folder left
+    assert not [p for p in path.parent.iterdir() if p.is_dir() and p.name.startswith(".")]  # no temp folder left
 
     weights = path / "model.safetensors"
     data = bytearray(weights.read_bytes())
@@ -223,3 +223,16 @@ def test_real_whisper_base_converts_strictly_and_is_cached(tmp_path, capsys):
     assert wc.ensure_converted("whisper-base", tmp_path) == Path(printed["path"])
     second = time.perf_counter() - start
     assert second < first  # verified from the marker, not converted again
+
+
+def test_concurrent_callers_convert_once(tiny_export, tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    source, _ = tiny_export
+    monkeypatch.setattr(wc, "find_source", lambda alias: source)
+    calls = []
+    real_convert = wc.convert_source
+    monkeypatch.setattr(wc, "convert_source", lambda s, out: calls.append(out) or real_convert(s, out))
+    with ThreadPoolExecutor(3) as pool:
+        paths = list(pool.map(lambda _: wc.ensure_converted("whisper-base", tmp_path), range(3)))
+    assert len(set(paths)) == 1 and len(calls) == 1

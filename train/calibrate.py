@@ -9,8 +9,9 @@ import torch.nn.functional as F
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200) -> float:
     """logits (N, C), labels (N,) -> temperature T > 0 minimising dev NLL of softmax(logits / T)."""
     assert logits.dim() == 2 and labels.shape == logits.shape[:1], f"got {logits.shape} and {labels.shape}"
-    logits, labels = logits.detach().float().cpu().clone(), labels.detach().long().cpu().clone()
-    log_t = torch.zeros(1, requires_grad=True)
+    with torch.inference_mode(False):
+        logits, labels = logits.detach().float().cpu().clone(), labels.detach().long().cpu().clone()
+        log_t = torch.zeros(1, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -19,5 +20,6 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, steps: int = 200
         loss.backward()
         return loss
 
-    opt.step(closure)
+    with torch.inference_mode(False), torch.enable_grad():  # callers may be inside inference_mode
+        opt.step(closure)
     return float(log_t.detach().exp().clamp(0.05, 20.0))

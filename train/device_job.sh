@@ -12,7 +12,7 @@ case "$1" in
     export PYTHONPATH="/tmp/site:$PWD" EMO_SHARED_DATA="$STASH/data" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     run="$OUT/run"; mkdir -p "$run"
     nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-    fit="python3 -m train.fit_default train --out $run --device cuda"
+    fit="timeout 530 python3 -m train.fit_default train --out $run --device cuda"
     $fit --branch face --epochs "${FACE_EPOCHS:-80}" > "$run/face.log" 2>&1 &
     $fit --branch text --text-backbone "$STASH/minilm" --epochs "${TEXT_EPOCHS:-3}" > "$run/text.log" 2>&1 &
     $fit --branch speech --backbone "$STASH/whisper-base" --name speech --epochs "${SPEECH_EPOCHS:-40}" > "$run/speech.log" 2>&1 &

@@ -97,14 +97,15 @@ def assemble(
     tensors = {f"heads.{k}": v for k, v in heads.state_dict().items()}
     for branch in summaries:
         name = speech_name if branch == "speech" else branch
-        tensors.update({k: v.float() for k, v in load_file(str(run / f"{name}.safetensors")).items()})
+        tensors.update(load_file(str(run / f"{name}.safetensors")))
     log_t = torch.zeros(len(MODALITIES))
     for branch, s in summaries.items():
         log_t[MODALITIES.index(branch)] = torch.tensor(float(s["dev"]["temperature"])).log()
     tensors["heads.gate.log_temperature"] = log_t
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / WEIGHTS_NAME), metadata={"format": "pt"})
+    half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
+    save_file(half, str(out / WEIGHTS_NAME), metadata={"format": "pt"})  # fp16 on disk: half the size
     (out / "README.md").write_text(render_card(config, card_metrics(summaries), card_body(summaries, run)))
     (out / "training_summary.json").write_text(
         json.dumps({b: {k: v for k, v in s.items() if k != "history"} for b, s in summaries.items()}, indent=2) + "\n"
