@@ -15,6 +15,7 @@ Run: `python app.py` (settings from EMO_* variables; GRADIO_SERVER_NAME / GRADIO
 from __future__ import annotations
 
 import functools
+import importlib.util
 import json
 import logging
 import os
@@ -30,7 +31,9 @@ from backend import present
 from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
 from backend.media import load_sample
+from backend.model import resolve_model_folder
 from backend.predictor import load_predictor
+from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from labeling import agreement_report, service
 from labeling.errors import StoreError
@@ -38,8 +41,16 @@ from labeling.store import Store
 
 log = logging.getLogger(__name__)
 
-ON_SPACES = bool(os.environ.get("SPACE_ID"))
+# On a Space both are set; Gradio's real HF login needs SYSTEM=spaces (else it mocks the login through whoami,
+# which fails offline), so the login button and ZeroGPU are used only then.
+ON_SPACES = bool(os.environ.get("SPACE_ID")) and os.environ.get("SYSTEM") == "spaces"
+HF_LOGIN = ON_SPACES and importlib.util.find_spec("authlib") is not None  # gradio[oauth]; else the name field
 MB = 1024 * 1024
+MSG_NOTHING_READABLE = (
+    "No face was found in the picture or video, and there is no voice or text to read. "
+    "Try a brighter, front-facing photo, or add a recording or some text."
+)
+SESSION_TTL_S = 3600  # a session's pending analysis (audio bytes) is dropped an hour after its last use
 
 
 def _no_gpu_decorator(fn: Callable) -> Callable:
@@ -115,7 +126,12 @@ def predict(
     sample = load_sample(
         audio=audio or None, video=video or None, image=image or None, text=text, settings=get_settings()
     )
-    prediction = run_model(sample)
+    try:
+        prediction = run_model(sample)
+    except ValueError as error:  # the predictor found nothing it could read, e.g. a photo without a face
+        if not str(error).startswith("nothing to predict"):
+            raise
+        raise MediaError(MSG_NOTHING_READABLE) from None
     session = session or new_session()
     session["pending"] = service.make_contribution(sample, prediction, video=video or None)
     frame = present.face_image(sample.frames, prediction.faces)
@@ -125,11 +141,11 @@ def predict(
         present.summary_markdown(prediction, device=str(get_predictor().device)),
         present.breakdown_table(prediction),
         present.highlighted_words(prediction.words, sample.text or prediction.transcript),
-        gr.Image(value=frame, visible=frame is not None),
-        gr.LinePlot(value=timeline, visible=not timeline.empty),
+        gr.update(value=frame, visible=frame is not None),
+        gr.update(value=timeline, visible=not timeline.empty),
         prediction.to_dict(),
         session,
-        gr.CheckboxGroup(value=[]),
+        gr.update(value=[]),
         "",
     )
 
@@ -160,19 +176,20 @@ def delete_my_data(session: dict | None = None):
 
 
 def show_clip(view: service.ClipView | None, annotator: str, message: str = "") -> tuple:
-    """Widget values for one queue item: exactly one of audio/image/video/text is visible."""
+    """Widget values for one queue item: exactly one of audio/image/video/text is visible; the note is cleared."""
     store = get_store()
     progress = present.progress_markdown(store.annotator_progress(annotator))
     labeler = {"annotator": annotator, "clip_id": view.clip_id if view else None}
     if view is None:
         done = "Nothing left to label right now. Thank you! Come back later for more."
-        hidden = (gr.Audio(value=None, visible=False), gr.Image(value=None, visible=False))
+        hidden = (gr.update(value=None, visible=False), gr.update(value=None, visible=False))
         return (
             *hidden,
-            gr.Video(value=None, visible=False),
-            gr.Markdown(done, visible=True),
+            gr.update(value=None, visible=False),
+            gr.update(value=done, visible=True),
             "",
             progress,
+            "",
             "",
             labeler,
         )
@@ -181,13 +198,14 @@ def show_clip(view: service.ClipView | None, annotator: str, message: str = "") 
         "" if view.prediction is None and not view.votes else present.clip_context_markdown(view.prediction, view.votes)
     )
     return (
-        gr.Audio(value=path if view.kind == "audio" else None, visible=view.kind == "audio"),
-        gr.Image(value=path if view.kind == "image" else None, visible=view.kind == "image"),
-        gr.Video(value=path if view.kind == "video" else None, visible=view.kind == "video"),
-        gr.Markdown(f"> {view.text}" if view.text else message, visible=bool(view.text or message)),
+        gr.update(value=path if view.kind == "audio" else None, visible=view.kind == "audio"),
+        gr.update(value=path if view.kind == "image" else None, visible=view.kind == "image"),
+        gr.update(value=path if view.kind == "video" else None, visible=view.kind == "video"),
+        gr.update(value=f"> {view.text}" if view.text else message, visible=bool(view.text or message)),
         context,
         progress,
         view.clip_id,
+        "",
         labeler,
     )
 
@@ -240,14 +258,12 @@ def skip(labeler: dict | None = None):
 
 
 def model_folder(settings: Settings) -> Path | None:
-    """The loaded model's folder when it is local or already in the Hub cache (never downloads here)."""
-    path = Path(settings.model).expanduser()
-    if path.is_dir():
-        return path
+    """The served model's folder (registry's choice) when local or already in the Hub cache."""
+    name = current_model(settings)
+    if Path(name).expanduser().is_dir():
+        return Path(name).expanduser()
     try:
-        from backend.model import resolve_model_folder
-
-        return resolve_model_folder(settings.model)
+        return resolve_model_folder(name)
     except ModelError:
         return None
 
@@ -265,7 +281,7 @@ def stats():
         f"### Model `{info.version}`",
         info.card or "_This model folder has no model card (README.md)._",
         info.metrics,
-        gr.Image(value=str(info.confusion) if info.confusion else None, visible=info.confusion is not None),
+        gr.update(value=str(info.confusion) if info.confusion else None, visible=info.confusion is not None),
         present.counts_table(figures),
         present.label_distribution(figures),
         present.agreement_markdown(report),
@@ -329,7 +345,7 @@ def keyboard_js() -> str:
 
 
 def build_analyze_tab() -> None:
-    session = gr.State(None)
+    session = gr.State(None, time_to_live=SESSION_TTL_S)
     gr.Markdown(INTRO)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
@@ -337,36 +353,52 @@ def build_analyze_tab() -> None:
                 sources=["microphone", "upload"], type="filepath", label="Voice: record or upload", elem_id="audio-in"
             )
             with gr.Row():
-                image = gr.Image(sources=["webcam", "upload", "clipboard"], type="filepath", label="Face: photo")
-                video = gr.Video(sources=["webcam", "upload"], label="Face: video", include_audio=True)
+                image = gr.Image(
+                    sources=["webcam", "upload", "clipboard"],
+                    type="filepath",
+                    label="Face: webcam snapshot or photo",
+                    elem_id="image-in",
+                )
+                video = gr.Video(
+                    sources=["upload", "webcam"],
+                    label="Face: video file or webcam",
+                    include_audio=True,
+                    elem_id="video-in",
+                )
             text = gr.Textbox(label="Text (optional)", lines=2, placeholder="What was said or written")
             analyze = gr.Button("Analyze", variant="primary", elem_id="analyze-btn")
         with gr.Column(scale=1):
             emotion = gr.Label(num_top_classes=4, label="Emotion", elem_id="emotion-label")
             summary = gr.Markdown(elem_id="summary")
             breakdown = gr.Dataframe(
-                label="Which input said what (weight = its share in the result)", interactive=False
+                headers=present.BREAKDOWN_COLUMNS,
+                label="Which input said what (weight = its share in the result)",
+                interactive=False,
             )
             words = gr.HighlightedText(
                 label="Words (emotion words highlighted)", color_map=present.EMOTION_COLORS, show_legend=True
             )
-            faces = gr.Image(label="Faces found", type="numpy", interactive=False, visible=False)
+            faces = gr.Image(label="Faces found", type="numpy", format="png", interactive=False, visible=False)
             timeline = gr.LinePlot(
                 x="time",
                 y="probability",
                 color="emotion",
                 color_map=present.EMOTION_COLORS,
                 x_title="time (s)",
+                y_lim=[0, 1],
                 label="Emotion over time",
                 visible=False,
             )
             details = gr.JSON(label="Full result", visible=False)
     with gr.Group(elem_id="correction"):
         gr.Markdown("### Is this right? Tell the model the right emotion")
-        answer = gr.CheckboxGroup([*LABELS, service.UNSURE], label="The right emotion (one or more, or unsure)")
+        answer = gr.CheckboxGroup(
+            [*LABELS, service.UNSURE], label="The right emotion (one or more, or unsure)", elem_id="answer"
+        )
         note = gr.Textbox(label="Note (optional)", lines=1)
         consent = gr.Checkbox(
             False,
+            elem_id="consent",
             label="Keep my recording / photo / text for training the model (optional). "
             "Without this tick only the prediction and your answer are kept, never the media.",
         )
@@ -382,12 +414,12 @@ def build_analyze_tab() -> None:
 
 
 def build_label_tab(settings: Settings) -> None:
-    labeler = gr.State(None)
+    labeler = gr.State(None, time_to_live=SESSION_TTL_S)
     gr.Markdown(LABEL_HELP if settings.blind_labeling else LABEL_HELP.splitlines()[0])
-    if ON_SPACES:
+    if HF_LOGIN:
         gr.LoginButton()
     with gr.Row():
-        name = gr.Textbox(label="Your name" + (" (or sign in above)" if ON_SPACES else ""), scale=3)
+        name = gr.Textbox(label="Your name" + (" (or sign in above)" if HF_LOGIN else ""), scale=3)
         start = gr.Button("Start / next clip", variant="primary", scale=1, elem_id="start-btn")
     progress = gr.Markdown(elem_id="progress")
     clip_audio = gr.Audio(type="filepath", interactive=False, visible=False, label="Clip")
@@ -405,7 +437,7 @@ def build_label_tab(settings: Settings) -> None:
         several = gr.CheckboxGroup(list(LABELS), label="Emotions")
         unsure = gr.Checkbox(False, label="I'm not sure")
         submit = gr.Button("Submit vote", elem_id="submit-vote")
-    shown = [clip_audio, clip_image, clip_video, clip_text, context, progress, clip_id, labeler]
+    shown = [clip_audio, clip_image, clip_video, clip_text, context, progress, clip_id, note, labeler]
     start.click(next_item, [name, labeler], shown, api_name="next_item")
     name.submit(next_item, [name, labeler], shown, api_name="next_item_enter", api_visibility="private")
     submit.click(vote, [several, unsure, note, labeler], shown, api_name="vote")
@@ -427,7 +459,12 @@ def build_model_tab(settings: Settings) -> gr.Tab:
         with gr.Row():
             counts = gr.Dataframe(label="Corrections and votes", interactive=False)
             distribution = gr.BarPlot(
-                x="emotion", y="votes", color="emotion", color_map=present.EMOTION_COLORS, label="Label distribution"
+                x="emotion",
+                y="votes",
+                color="emotion",
+                color_map=present.EMOTION_COLORS,
+                sort=list(LABELS),
+                label="Label distribution (all votes and corrections)",
             )
         agreement = gr.Markdown()
         runs = gr.Dataframe(label="Retraining history and promotion decisions", interactive=False)
@@ -443,7 +480,9 @@ def build_model_tab(settings: Settings) -> gr.Tab:
                 clip_box = gr.Textbox(label="Clip id to delete", scale=3)
                 del_clip = gr.Button("Delete clip", variant="stop", scale=1)
             with gr.Row():
-                annotator_box = gr.Textbox(label="Annotator id to delete", scale=3)
+                annotator_box = gr.Textbox(
+                    label="Annotator id to delete (name:<name>, hf:<user> or session:<id>)", scale=3
+                )
                 del_annotator = gr.Button("Delete annotator", variant="stop", scale=1)
             admin_out = gr.Markdown()
     shown = [version, card, metrics, confusion, counts, distribution, agreement, runs, retrain_log, figures]

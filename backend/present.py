@@ -50,13 +50,13 @@ def label_confidences(prediction: Prediction) -> dict[str, float]:
 
 
 def breakdown_table(prediction: Prediction) -> pd.DataFrame:
-    """One row per modality that spoke (what it said, how sure, the fusion weight), then the fused row."""
+    """One row per modality that spoke (what it said, how sure, its fusion weight; as percentages), then the fused row."""
     rows = [
-        [MODALITY_NAMES.get(name, name), result.label, round(result.probs[result.label], 3), round(result.weight, 3)]
+        [MODALITY_NAMES.get(name, name), result.label, percent(result.probs[result.label]), percent(result.weight)]
         for name, result in prediction.modalities.items()
     ]
     total = sum(result.weight for result in prediction.modalities.values())
-    rows.append(["fused (all together)", prediction.label, round(prediction.confidence, 3), round(total, 3)])
+    rows.append(["fused (all together)", prediction.label, percent(prediction.confidence), percent(total)])
     return pd.DataFrame(rows, columns=BREAKDOWN_COLUMNS)
 
 
@@ -198,9 +198,14 @@ def deletion_markdown(counts: dict[str, int]) -> str:
     return "Deleted " + (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
 
 
+def display_name(annotator_id: str) -> str:
+    """'name:alice' or 'hf:alice' -> 'alice' (ids carry a prefix that says where the name came from)."""
+    return annotator_id.split(":", 1)[1] if ":" in annotator_id else annotator_id
+
+
 def progress_markdown(progress: dict[str, Any]) -> str:
     """An annotator's own progress: votes given, gold accuracy so far, clips still waiting."""
-    line = f"**{progress['annotator_id']}**: {progress['votes']} vote(s) given"
+    line = f"**{display_name(progress['annotator_id'])}**: {progress['votes']} vote(s) given"
     if progress.get("gold_seen"):
         line += f", {percent(progress['gold_accuracy'] or 0.0)} right on {progress['gold_seen']} check item(s)"
     return line + f", {progress['remaining']} clip(s) waiting."
@@ -242,6 +247,9 @@ def _fmt(value: Any) -> str:
 def agreement_markdown(report: dict[str, Any]) -> str:
     """Krippendorff's alpha and Fleiss' kappa overall and per class, from agreement_report()."""
     lines = [
+        "### Agreement between annotators",
+        "Krippendorff's alpha and Fleiss' kappa: 1 = full agreement, 0 = chance level, below 0 = worse than chance.",
+        "",
         f"Clips rated by 2+ people: **{report.get('clips_rated_twice', 0)}** · votes: {report.get('votes', 0)} · "
         f"Krippendorff's alpha: **{_fmt(report.get('alpha'))}** · Fleiss' kappa: **{_fmt(report.get('fleiss_kappa'))}**",
     ]

@@ -343,8 +343,8 @@ def retrain_available() -> bool:
 
 
 def retrain_command(settings: Settings) -> list[str]:
-    """`python -m train.retrain` over this server's store and current model."""
-    return [sys.executable, "-m", RETRAIN_MODULE, "--db", str(settings.database), "--model", str(settings.model)]
+    """`python -m train.retrain` over this server's store; it starts from the model the app serves."""
+    return [sys.executable, "-m", RETRAIN_MODULE, "--db", str(settings.database), "--data-dir", str(settings.data_dir)]
 
 
 def _alive(pid: int) -> bool:

@@ -1,0 +1,66 @@
+"""Shared set-up for the app tests: one temporary data dir and one model folder per test process.
+
+The app reads its settings from EMO_* variables once (app.get_settings is cached), so the fixture
+sets them, clears the app's caches, and restores everything afterwards. Every app test module sees
+the same values, so the process loads the model once (backend.predictor caches per settings).
+
+Model: models/default when it exists; otherwise a placeholder folder built here from the real
+backbones in the wheels with untrained heads (the lead switches the tests to the trained model).
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backend.settings import DEFAULT_MODEL_DIR
+
+ADMIN_TOKEN = "test-admin-token-123"
+_paths: dict[str, Path] = {}
+
+
+def _root() -> Path:
+    if "root" not in _paths:
+        root = Path(tempfile.mkdtemp(prefix="emo-app-tests-"))
+        atexit.register(shutil.rmtree, root, True)
+        _paths["root"] = root
+    return _paths["root"]
+
+
+def model_dir() -> Path:
+    """models/default if present, else an untrained placeholder over the real backbones (built once)."""
+    if (DEFAULT_MODEL_DIR / "config.json").exists():
+        return DEFAULT_MODEL_DIR
+    if "model" not in _paths:
+        from backend.model import build_model
+        from backend.model_config import EmotionConfig
+
+        folder = _root() / "model"
+        build_model(EmotionConfig(version="test-placeholder"), adapt_dims=True).save_pretrained(folder)
+        _paths["model"] = folder
+    return _paths["model"]
+
+
+@pytest.fixture(scope="module")
+def studio() -> Iterator[object]:
+    """The app module, configured for a temporary store and the test model; caches reset on both ends."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("EMO_DATA_DIR", str(_root() / "data"))
+        mp.setenv("EMO_MODEL", str(model_dir()))
+        mp.setenv("EMO_ADMIN_TOKEN", ADMIN_TOKEN)
+        mp.delenv("EMO_DB_PATH", raising=False)
+        mp.delenv("SPACE_ID", raising=False)
+        app = importlib.import_module("app")
+        app.get_settings.cache_clear()
+        app.get_store.cache_clear()
+        yield app
+        app.get_store().close()
+        app.get_settings.cache_clear()
+        app.get_store.cache_clear()

@@ -1,0 +1,176 @@
+"""app.py's handlers called directly (no server): errors a person can read, consent rules, deletion."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import cv2
+import gradio as gr
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from backend.labels import LABELS
+from tests.app_support import ADMIN_TOKEN, studio  # noqa: F401  (module fixture)
+from tests.conftest import SHARED
+
+RAVDESS = "ravdess-speech-16k"
+ANGRY = f"{RAVDESS}/Actor_02/03-01-05-02-01-02-02.flac"  # 4.0 s, angry, strong
+SAD = f"{RAVDESS}/Actor_03/03-01-04-01-01-01-03.flac"
+
+
+def count(app, sql: str, *params) -> int:
+    with sqlite3.connect(app.get_settings().database) as conn:
+        return conn.execute(sql, params).fetchone()[0]
+
+
+def test_nothing_given_is_a_clear_error(studio):  # noqa: F811
+    with pytest.raises(gr.Error, match="Nothing to analyze"):
+        studio.predict(None, None, None, "   ", None)
+
+
+def test_a_text_file_as_audio_is_a_clear_error(studio, tmp_path):  # noqa: F811
+    fake = tmp_path / "notes.wav"
+    fake.write_text("this is not audio at all\n" * 20)
+    with pytest.raises(gr.Error, match="not audio we can read"):
+        studio.predict(str(fake), None, None, None, None)
+
+
+@pytest.mark.slow
+def test_a_photo_without_a_face_and_nothing_else_is_a_clear_error(studio, tmp_path):  # noqa: F811
+    blank = tmp_path / "wall.png"
+    cv2.imwrite(str(blank), np.full((200, 300, 3), 128, np.uint8))
+    with pytest.raises(gr.Error, match="No face was found"):
+        studio.predict(image=str(blank))
+
+
+def test_correcting_before_analyzing_is_refused(studio):  # noqa: F811
+    with pytest.raises(gr.Error, match="Analyze something first"):
+        studio.correct(["sad"], None, False, None)
+
+
+@pytest.mark.slow
+def test_text_only_prediction(studio):  # noqa: F811
+    label, summary, table, words, faces, timeline, details, session, *_ = studio.predict(
+        text="I am so happy and grateful today, what a wonderful surprise!"
+    )
+    assert set(label) == set(LABELS) and abs(sum(label.values()) - 1.0) < 1e-3
+    assert table["modality"].tolist()[0].startswith("words") and "text" in summary
+    assert any(emotion for _, emotion in words), words
+    assert details["model_version"] == studio.get_predictor().model_version
+    assert session["pending"].ext == ".txt" and session["pending"].media is None
+    assert faces["visible"] is False and timeline["visible"] is False  # no face, no long audio
+
+
+@pytest.mark.slow
+def test_consent_off_keeps_no_media(studio, shared_data):  # noqa: F811
+    *_, session, _, _ = studio.predict(str(shared_data / SAD))
+    text, receipt, session = studio.correct(["sad"], "", False, session)
+    assert "no media" in text and receipt["kept_media"] is False
+    assert count(studio, "SELECT COUNT(*) FROM clips WHERE id = ? AND media IS NULL", receipt["clip_id"]) == 1
+    assert count(studio, "SELECT COUNT(*) FROM votes WHERE clip_id = ?", receipt["clip_id"]) == 1
+    media = studio.get_settings().media_dir
+    assert not any(receipt["clip_id"] in p.name for p in media.rglob("*"))
+
+
+@pytest.mark.slow
+def test_consent_on_keeps_media_and_delete_my_data_removes_it(studio, shared_data, tmp_path):  # noqa: F811
+    audio, rate = sf.read(shared_data / ANGRY, dtype="float32")  # as browsers record: 48 kHz stereo
+    stereo = torchaudio.functional.resample(torch.from_numpy(audio), rate, 48_000).numpy()
+    browser_like = tmp_path / "recording.wav"
+    sf.write(browser_like, np.stack([stereo, 0.5 * stereo], axis=1), 48_000, subtype="PCM_16")
+    _, summary, *_, session, _, _ = studio.predict(str(browser_like))
+    assert "4.0 s of audio" in summary
+    text, receipt, session = studio.correct(["angry", "unsure"], "loud", True, session)
+    assert "media itself" in text and receipt["labels"] == ["angry"] and receipt["unsure"] is True
+    path = studio.get_store().media_path(receipt["clip_id"])
+    assert path.is_file() and path.is_relative_to(studio.get_settings().media_dir.resolve())
+    kept = sf.info(path)
+    assert (kept.samplerate, kept.channels) == (16_000, 1) and abs(kept.duration - 4.0) < 0.05
+    message, counts, session = studio.delete_my_data(session)
+    assert counts["clips"] == 1 and counts["files"] == 1 and "Deleted" in message
+    assert not path.exists()
+    assert count(studio, "SELECT COUNT(*) FROM clips WHERE id = ?", receipt["clip_id"]) == 0
+    assert session["receipts"] == []
+
+
+def test_admin_actions_need_the_token(studio):  # noqa: F811
+    with pytest.raises(gr.Error, match="admin token is not right") as wrong:
+        studio.delete_clip("wrong", "ab" * 32)
+    assert ADMIN_TOKEN not in str(wrong.value)
+    with pytest.raises(gr.Error, match="not in the store"):
+        studio.delete_clip(ADMIN_TOKEN, "ab" * 32)
+
+
+def fer_face(index: int, side: int = 192) -> np.ndarray:
+    """A real FER2013 face (grayscale 48x48) as an RGB image large enough for the Haar detector."""
+    with np.load(SHARED / "faces" / "fer2013_val.npz") as data:
+        gray = data["images"][index]
+    return cv2.resize(np.repeat(gray[:, :, None], 3, axis=2), (side, side), interpolation=cv2.INTER_CUBIC)
+
+
+@pytest.fixture(scope="module")
+def two_faces(tmp_path_factory) -> Path:
+    canvas = np.full((240, 460, 3), 200, dtype=np.uint8)
+    canvas[24:216, 16:208] = fer_face(1)
+    canvas[24:216, 252:444] = fer_face(13)
+    path = tmp_path_factory.mktemp("faces") / "two_faces.png"
+    cv2.imwrite(str(path), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
+    return path
+
+
+@pytest.mark.slow
+def test_photo_faces_are_boxed_with_their_reading(studio, two_faces):  # noqa: F811
+    _, _, table, _, faces, _, details, session, *_ = studio.predict(image=str(two_faces))
+    assert len(details["faces"]) == 2 and faces["visible"] is True
+    drawn = faces["value"]
+    original = cv2.cvtColor(cv2.imread(str(two_faces)), cv2.COLOR_BGR2RGB)
+    assert drawn.shape == original.shape and (drawn != original).any()
+    x, y, _w, h = details["faces"][0]["box"]
+    assert (drawn[y + h // 2, x] != original[y + h // 2, x]).any(), "the box edge is drawn"
+    assert table["modality"].tolist()[0].startswith("face")
+    assert session["pending"].ext == ".png"
+
+
+@pytest.mark.slow
+def test_video_upload_reads_the_face_and_keeps_the_file_with_consent(studio, tmp_path):  # noqa: F811
+    video = tmp_path / "face.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (192, 192))
+    for index in (1, 1, 13, 13, 13, 1, 1, 13, 13, 1):
+        writer.write(cv2.cvtColor(fer_face(index), cv2.COLOR_RGB2BGR))
+    writer.release()
+    *_, details, session, _, _ = studio.predict(video=str(video))
+    assert "face" in details["modalities"] and details["faces"]
+    _, receipt, session = studio.correct(["neutral"], None, True, session)
+    kept = studio.get_store().media_path(receipt["clip_id"])
+    assert kept.suffix == ".mp4" and kept.read_bytes() == video.read_bytes()
+    studio.delete_my_data(session)
+    assert not kept.exists()
+
+
+@pytest.mark.slow
+def test_long_audio_gets_a_timeline(studio, shared_data, tmp_path):  # noqa: F811
+    parts = [sf.read(shared_data / rel, dtype="float32")[0] for rel in (SAD, ANGRY, SAD)]
+    long_clip = tmp_path / "long.wav"
+    sf.write(long_clip, np.concatenate(parts), 16_000)
+    *_, timeline, details, _session, _, _ = studio.predict(audio=str(long_clip))
+    assert timeline["visible"] is True
+    frame = timeline["value"]
+    assert frame["time"].nunique() >= 4 and set(frame["emotion"]) == set(LABELS)
+    assert details["duration"] > 10
+
+
+def test_wiring_names_every_event_and_starts_offline(studio):  # noqa: F811
+    demo = studio.build_demo()
+    events = {fn.api_name: fn.api_visibility for fn in demo.fns.values()}
+    assert all(events), "every event has an api_name"
+    public = {name for name, visibility in events.items() if visibility == "public"}
+    assert {"predict", "correct", "next_item", "vote", "skip", "delete_my_data", "stats"} <= public
+    assert events["vote_happy"] == "private" and events["stats_on_open"] == "private"
+    assert not any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())  # whoami needs the Hub
+    options = studio.launch_options(studio.get_settings())
+    assert options["max_file_size"] == int(studio.get_settings().max_upload_mb * 1024 * 1024)
+    assert options["allowed_paths"] == [str(studio.get_settings().media_dir)]

@@ -1,0 +1,79 @@
+"""Replay of the base corpora in every retraining batch, so the model does not forget what it knew.
+
+Speech: RAVDESS train actors 1-16; text: GoEmotions-ekman train (single-label) + MELD train; face: FER2013
+train. Only the branches being retrained are loaded. The dev/val splits the gate judges on are never replayed.
+Draws come from a generator the trainer seeds per step, so a resumed run replays exactly the same examples.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from train.corpora import SPEECH_TRAIN_ACTORS, Example, fer2013_arrays, goemotions, meld, ravdess
+from train.corrections import CorrectionItem, one_hot
+from train.evaluate import subsample
+from train.fit_speech import load_clips
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayPool:
+    """Base-corpus examples per modality; audio is decoded on first use and kept."""
+
+    speech: list[Example] = field(default_factory=list)
+    text: list[tuple[str, int]] = field(default_factory=list)
+    face: tuple[np.ndarray, np.ndarray] | None = None  # normalised crops (N, 48, 48) float32, labels (N,)
+    _audio: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def load(cls, data: Path, modalities: tuple[str, ...], limit: int = 0, seed: int = 0) -> ReplayPool:
+        """limit > 0: a fixed random subset of that many examples per modality (fast runs, CI)."""
+        data = Path(data)
+        pool = cls()
+        if "speech" in modalities:
+            clips = ravdess(data / "ravdess-speech-16k", SPEECH_TRAIN_ACTORS)
+            pool.speech = subsample(clips, limit, seed)
+        if "text" in modalities:
+            texts = goemotions(data / "text" / "goemotions-ekman" / "train.tsv", single_label_only=True)
+            texts += meld(data / "text" / "meld" / "train_sent_emo.csv")
+            pool.text = [(e.text, e.label) for e in subsample(texts, limit, seed)]
+        if "face" in modalities:
+            from backend.face import normalize_face
+
+            images, labels = fer2013_arrays(data / "faces" / "fer2013_train.npz")
+            keep = np.array(subsample(list(range(len(images))), limit, seed))
+            crops = np.stack([normalize_face(images[i]) for i in keep]).astype(np.float32)
+            pool.face = (crops, labels[keep])
+        log.info(
+            "replay pool: %d speech, %d text, %d face examples", len(pool.speech), len(pool.text), pool.size("face")
+        )
+        return pool
+
+    def size(self, modality: str) -> int:
+        if modality == "face":
+            return 0 if self.face is None else len(self.face[1])
+        return len(getattr(self, modality))
+
+    def sample(self, modality: str, n: int, rng: np.random.Generator) -> list[CorrectionItem]:
+        """n examples of one modality as items (one-hot target, weight 1, no hard negative)."""
+        size = self.size(modality)
+        if n <= 0 or size == 0:
+            return []
+        picks = rng.choice(size, size=min(n, size), replace=False).tolist()
+        return [self._item(modality, i) for i in picks]
+
+    def _item(self, modality: str, i: int) -> CorrectionItem:
+        if modality == "speech":
+            if i not in self._audio:
+                self._audio[i] = load_clips([self.speech[i]])[0]
+            return CorrectionItem(f"replay:speech:{i}", one_hot(self.speech[i].label), audio=self._audio[i])
+        if modality == "text":
+            text, label = self.text[i]
+            return CorrectionItem(f"replay:text:{i}", one_hot(label), text=text)
+        crops, labels = self.face
+        return CorrectionItem(f"replay:face:{i}", one_hot(int(labels[i])), faces=crops[i : i + 1])

@@ -1,0 +1,575 @@
+"""Retrain the emotion model on the crowd's corrections, judge it against the champion, publish if it wins.
+
+One process (CPU, or one GPU in bf16):
+    python -m train.retrain --db data/studio.db --out runs/retrain-1 [--base-model models/default] [--push me/emo]
+Same, through accelerate (one GPU, bf16):
+    accelerate launch --num_processes 1 --mixed_precision bf16 -m train.retrain --db data/studio.db --out runs/retrain-1
+Several GPUs of one host (DDP, bf16):
+    accelerate launch --multi_gpu --num_processes 4 --mixed_precision bf16 -m train.retrain --db data/studio.db --out runs/retrain-1
+Several CPU processes (DDP over gloo; without ACCELERATE_USE_CPU=true, --multi_gpu on a CPU box starts independent copies):
+    ACCELERATE_USE_CPU=true accelerate launch --multi_gpu --num_processes 2 -m train.retrain --db data/studio.db --out runs/retrain-1
+A run that was stopped or killed continues from its last checkpoint with the same --out and --resume.
+
+Each step takes a batch of corrections (soft labels, reliability weights, hard negatives) plus a replay of the
+base corpora for every branch being trained; loss = cross-entropy + unlikelihood on the hard negative +
+supervised contrastive (with a per-class memory queue), see train.retrain_step. Heads, projections and existing
+LoRA adapters of the branches with data train; the backbones stay frozen. The gate (train.gate) then compares
+challenger and champion and records its decision in the store; a promoted model is published (train.publish).
+--out holds retrain_config.json, data_manifest.json, log.jsonl, checkpoints/step_N/, challenger/, decision.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator, PartialState
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from backend.labels import LABELS, NUM_LABELS
+from backend.model import EmotionModel
+from backend.registry import current_model
+from backend.settings import DEFAULT_MODEL_DIR, Settings, load_settings
+from labeling.store import Store, now_iso
+from train.contrastive import ClassMemory
+from train.corpora import CorpusError, shared_data_dir
+from train.corrections import CorrectionItem, load_corrections, split, summarize
+from train.metrics import classification_report
+from train.replay import ReplayPool
+from train.retrain_step import LossConfig, RetrainNet, build_inputs, fused_probs, retrain_loss
+from train.run_files import JsonLog, checkpoint_step, last_checkpoint, save_checkpoint, trainable_only
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "retrain_config.json"
+MANIFEST_FILE = "data_manifest.json"
+LOG_FILE = "log.jsonl"
+BRANCH_PREFIXES = {
+    "speech": ("heads.speech_head.", "heads.projections.speech.", "speech_encoder."),
+    "text": ("heads.text_head.", "heads.projections.text.", "text_encoder."),
+    "face": ("heads.face_net.", "heads.projections.face."),
+}
+
+
+class RetrainError(RuntimeError):
+    """A run that cannot go ahead; the message says what to do."""
+
+
+@dataclass
+class RetrainConfig:
+    db: str
+    out: str | None = None
+    base_model: str | None = None
+    push: str | None = None
+    data: str = str(shared_data_dir())
+    data_dir: str | None = None
+    cache: str | None = None
+    seed: int = 0
+    epochs: int = 8
+    batch_size: int = 16
+    replay_per_batch: int = 16
+    replay_limit: int = 0
+    grad_accum: int = 1
+    lr: float = 3e-4
+    lora_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: float = 0.1
+    max_grad_norm: float = 1.0
+    correction_weight: float = 1.0
+    supcon_weight: float = 0.5
+    negative_weight: float = 0.5
+    temperature: float = 0.1
+    hard_weight: float = 1.0
+    queue_size: int = 64
+    soft_mix: float = 0.5
+    min_votes: int = 1
+    min_eval_votes: int = 2
+    holdout: float = 0.2
+    max_seconds: float = 12.0
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    stop_after_steps: int = 0
+    resume: bool = False
+    mixed_precision: str | None = None
+    cpu: bool = False
+    log_every: int = 10
+    gate: bool = True
+    tolerance: float = 0.02
+    min_gain: float = 0.0
+    speech_dev_actors: str = "17-20"
+    speech_dev_size: int = 0
+    text_dev_size: int = 1000
+    face_dev_size: int = 1000
+    lock: bool = True
+
+
+HELP = {
+    "db": "the labelling store (SQLite file)",
+    "out": "run folder: config, log, checkpoints, challenger (default <data_dir>/retrain/runs/<time>)",
+    "base_model": "champion to start from: folder or Hub id[@tag] (default: the model the app serves)",
+    "push": "Hub repo id to push a promoted model to (token from HF_TOKEN), tagged vN",
+    "data": "base corpora for replay and dev sets (../shared/data)",
+    "data_dir": "where promoted versions go (<data_dir>/models/vN); default EMO_DATA_DIR or the db's folder",
+    "replay_per_batch": "base-corpus examples per trained branch in every batch",
+    "replay_limit": "use a fixed subset of N replay examples per branch (0 = all)",
+    "correction_weight": "scale of a correction's loss relative to a replayed example",
+    "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
+    "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
+    "max_seconds": "training crop of long recordings",
+    "checkpoint_every": "save a checkpoint every N steps (0 = never)",
+    "stop_after_steps": "stop after N steps without finishing (to test --resume)",
+    "resume": "continue from the last complete checkpoint in --out",
+    "mixed_precision": "no | bf16 | fp16 (default: bf16 on GPU, no on CPU)",
+    "tolerance": "largest drop in accuracy / macro-F1 on any dev set that still allows promotion",
+    "min_gain": "how much better on the held-out corrections the challenger must be",
+    "lock": "take the store's retraining lock (a caller that holds it passes --no-lock)",
+    "cpu": "train on the CPU even where a GPU is present",
+    "gate": "judge the challenger and publish a winner (--no-gate: train only)",
+    "speech_dev_actors": "RAVDESS actors of the gate's speech dev set, e.g. 17-20 or 19,20",
+    "speech_dev_size": "fixed subset sizes of the dev sets (0 = all, -1 = leave out); also --text/--face-dev-size",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """One flag per RetrainConfig field (--base-model, --no-gate, ...); --model is an alias of --base-model."""
+    parser = argparse.ArgumentParser(
+        prog="python -m train.retrain", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    for f in dataclasses.fields(RetrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "db":
+            parser.add_argument(flag, required=True, help=HELP[f.name])
+        elif isinstance(f.default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name))
+        else:
+            kind = type(f.default) if f.default is not None else str
+            parser.add_argument(flag, type=kind, default=f.default, help=HELP.get(f.name))
+    parser.add_argument("--model", dest="base_model", help=argparse.SUPPRESS)
+    return parser
+
+
+def resolve_settings(config: RetrainConfig) -> Settings:
+    """Settings for media limits, the backbone cache and the registry (<data_dir>/models)."""
+    overrides: dict = {}
+    if config.data_dir:
+        overrides["data_dir"] = Path(config.data_dir)
+    elif "EMO_DATA_DIR" not in os.environ:
+        overrides["data_dir"] = Path(config.db).resolve().parent
+    if config.cache:
+        overrides["cache"] = Path(config.cache)
+    return load_settings(**overrides)
+
+
+def base_model_name(config: RetrainConfig, settings: Settings) -> str:
+    """The champion: a pinned model as given; the default path means whatever the app serves (last promoted)."""
+    return current_model(dataclasses.replace(settings, model=config.base_model or str(DEFAULT_MODEL_DIR)))
+
+
+def make_accelerator(config: RetrainConfig) -> Accelerator:
+    precision = config.mixed_precision or ("bf16" if torch.cuda.is_available() and not config.cpu else "no")
+    return Accelerator(
+        cpu=config.cpu,
+        mixed_precision=precision,
+        gradient_accumulation_steps=config.grad_accum,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.replay_per_batch == 0)],
+    )
+
+
+@dataclass
+class RetrainData:
+    train: list[CorrectionItem]
+    held: list[CorrectionItem]
+    branches: tuple[str, ...]
+    pool: ReplayPool
+
+
+def read_corrections(config: RetrainConfig, store: Store, settings: Settings) -> tuple[list, list]:
+    """(training items, held-out trusted items); a resumed run reuses its manifest so the data stay the same."""
+    manifest = Path(config.out) / MANIFEST_FILE
+    ids = json.loads(manifest.read_text()) if config.resume and manifest.exists() else None
+    items = load_corrections(
+        store,
+        min_votes=config.min_votes,
+        min_eval_votes=config.min_eval_votes,
+        soft_mix=config.soft_mix,
+        clip_ids=ids["train"] + ids["held"] if ids else None,
+        settings=settings,
+    )
+    if ids is None:
+        return split(items, config.holdout)
+    by_id = {it.clip_id: it for it in items}
+    return [by_id[c] for c in ids["train"] if c in by_id], [by_id[c] for c in ids["held"] if c in by_id]
+
+
+def get_dataloaders(
+    config: RetrainConfig, store: Store, accelerator: Accelerator
+) -> tuple[DataLoader, DataLoader | None, RetrainData]:
+    """Loaders of item indices (the items themselves stay in RetrainData), and the replay pool."""
+    train_items, held = read_corrections(config, store, resolve_settings(config))
+    if not train_items:
+        raise RetrainError("There are no labelled, consented corrections to train on yet (or all are held out).")
+    for item in train_items:
+        item.weight *= config.correction_weight
+    if accelerator.is_main_process:
+        manifest = {"train": [it.clip_id for it in train_items], "held": [it.clip_id for it in held]}
+        (Path(config.out) / MANIFEST_FILE).write_text(json.dumps(manifest) + "\n")
+    branches = tuple(m for m in ("speech", "text", "face") if any(m in it.modalities for it in train_items))
+    pool = ReplayPool()
+    try:
+        if config.replay_per_batch:
+            pool = ReplayPool.load(Path(config.data), branches, config.replay_limit, config.seed)
+    except CorpusError as exc:
+        raise RetrainError(f"Replay needs the base corpora ({exc}); pass --data or set EMO_SHARED_DATA.") from exc
+    gen = torch.Generator().manual_seed(config.seed)
+    train_dl = DataLoader(range(len(train_items)), batch_size=config.batch_size, shuffle=True, generator=gen)
+    eval_dl = DataLoader(range(len(held)), batch_size=config.batch_size) if held else None
+    return train_dl, eval_dl, RetrainData(train_items, held, branches, pool)
+
+
+def trainable_groups(model: EmotionModel, branches: tuple[str, ...], config: RetrainConfig) -> list[dict]:
+    """Freeze everything, then unfreeze heads, projections and existing LoRA adapters of the given branches."""
+    model.requires_grad_(False)
+    prefixes = tuple(p for b in branches for p in BRANCH_PREFIXES[b])
+    heads, adapters = [], []
+    for name, param in model.named_parameters():
+        adapter = ".lora_" in name
+        if not name.startswith(prefixes) or (name.startswith(("speech_encoder.", "text_encoder.")) and not adapter):
+            continue
+        param.requires_grad_(True)
+        (adapters if adapter else heads).append(param)
+    groups = [{"params": heads, "lr": config.lr}]
+    return groups + ([{"params": adapters, "lr": config.lora_lr}] if adapters else [])
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, int(total * warmup))
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1, total - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+@dataclass
+class Loop:
+    """What a training step needs."""
+
+    accelerator: Accelerator
+    config: RetrainConfig
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    memory: ClassMemory
+    data: RetrainData
+    params: list[torch.nn.Parameter]
+    loss: LossConfig
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """Augmentation, replay draws and dropout of a step depend on (seed, step, rank) only: resume replays them."""
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def train_step(loop: Loop, indices: torch.Tensor, step: int) -> dict:
+    a, cfg = loop.accelerator, loop.config
+    seed = step_seed(cfg.seed, step, a.process_index)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    rows = [loop.data.train[i] for i in indices.tolist()]
+    for branch in loop.data.branches:
+        rows += loop.data.pool.sample(branch, cfg.replay_per_batch, rng)
+    inputs, targets = build_inputs(rows, loop.data.branches, a.device, seed, cfg.max_seconds)
+    with a.accumulate(loop.net):
+        out = loop.net(inputs)
+        loss, parts, z, labels = retrain_loss(out, targets, loop.memory, loop.loss)
+        a.backward(loss)
+        if a.sync_gradients and cfg.max_grad_norm:
+            a.clip_grad_norm_(loop.params, cfg.max_grad_norm)
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+    push_memory(a, loop.memory, z, labels)
+    return {"loss": loss.item(), **parts}
+
+
+def push_memory(accelerator: Accelerator, memory: ClassMemory, z: torch.Tensor, labels: torch.Tensor) -> None:
+    """Every process pushes the rows of all processes, so the queues stay identical."""
+    if accelerator.num_processes > 1:
+        z = accelerator.gather(accelerator.pad_across_processes(z, dim=0))
+        labels = accelerator.gather(accelerator.pad_across_processes(labels, dim=0, pad_index=-1))
+    memory.push(z, labels)
+
+
+def replicas_agree(accelerator: Accelerator, params: list[torch.nn.Parameter]) -> bool:
+    """Whether every process ends with the same weights (DDP averaged the gradients); trivially true alone."""
+    total = torch.stack([p.detach().float().sum() for p in params]).sum().reshape(1)
+    sums = accelerator.gather(total)
+    return bool(torch.allclose(sums, sums[:1].expand_as(sums), rtol=1e-5, atol=1e-6))
+
+
+def evaluate_holdout(loop: Loop, eval_dl: DataLoader | None) -> dict | None:
+    """Fused accuracy / macro-F1 of the model being trained on the held-out corrections (all processes)."""
+    if eval_dl is None:
+        return None
+    a, held = loop.accelerator, loop.data.held
+    model = a.unwrap_model(loop.net).model
+    loop.net.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for indices in eval_dl:
+            rows = [held[i] for i in indices.tolist()]
+            inputs, targets = build_inputs(rows, ("speech", "text", "face"), a.device)
+            probs = fused_probs(loop.net(inputs), targets, model, len(rows))
+            y = torch.tensor([r.label for r in rows], device=a.device)
+            p, y = a.gather_for_metrics((probs.argmax(-1), y))
+            preds.append(p.cpu())
+            labels.append(y.cpu())
+    loop.net.train()
+    report = classification_report(torch.cat(labels).numpy(), torch.cat(preds).numpy(), LABELS)
+    return {k: report[k] for k in ("n", "accuracy", "uar", "macro_f1")}
+
+
+def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLoader, DataLoader | None, EmotionModel]:
+    settings = resolve_settings(config)
+    with accelerator.main_process_first():
+        model = EmotionModel.from_pretrained(
+            base_model_name(config, settings), cache=settings.cache, device=accelerator.device
+        )
+        store = Store.open(config.db)
+        try:
+            train_dl, eval_dl, data = get_dataloaders(config, store, accelerator)
+        finally:
+            store.close()
+    groups = trainable_groups(model, data.branches, config)
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    scheduler = warmup_cosine(optimizer, config.epochs * math.ceil(len(train_dl) / config.grad_accum), config.warmup)
+    memory = ClassMemory(NUM_LABELS, config.queue_size, model.config.proj_dim).to(accelerator.device)
+    prepared = accelerator.prepare(RetrainNet(model), optimizer, train_dl, scheduler, *([eval_dl] if eval_dl else []))
+    net, optimizer, train_dl, scheduler = prepared[:4]
+    accelerator.register_for_checkpointing(memory)
+    accelerator.register_save_state_pre_hook(trainable_only)
+    params = [p for g in groups for p in g["params"]]
+    loss = LossConfig(config.supcon_weight, config.negative_weight, config.temperature, config.hard_weight)
+    loop = Loop(accelerator, config, net, optimizer, scheduler, memory, data, params, loss)
+    return loop, train_dl, prepared[4] if eval_dl else None, model
+
+
+def resume_step(loop: Loop, out: Path) -> int:
+    if not loop.config.resume:
+        return 0
+    checkpoint = last_checkpoint(out)
+    if checkpoint is None:
+        log.warning("--resume: no complete checkpoint in %s; starting from the beginning", out)
+        return 0
+    loop.accelerator.load_state(str(checkpoint), strict=False)
+    log.info("resumed from %s", checkpoint)
+    return checkpoint_step(checkpoint)
+
+
+def run_epochs(
+    loop: Loop, train_dl: DataLoader, eval_dl: DataLoader | None, step: int, jlog: JsonLog
+) -> tuple[int, dict | None, bool]:
+    """Train from `step` (mid-epoch after a resume) to the end; returns (step, last held-out figures, stopped early)."""
+    a, cfg, out = loop.accelerator, loop.config, Path(loop.config.out)
+    per_epoch = len(train_dl)
+    bar = tqdm(total=cfg.epochs * per_epoch, initial=step, desc="retrain", disable=not a.is_local_main_process)
+    holdout = None
+    loop.net.train()
+    for epoch in range(step // per_epoch, cfg.epochs):
+        train_dl.set_epoch(epoch)
+        skip = step - epoch * per_epoch
+        for indices in a.skip_first_batches(train_dl, skip) if skip else train_dl:
+            parts = train_step(loop, indices, step)
+            step += 1
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == 1:
+                jlog.write({"step": step, "epoch": epoch, "lr": loop.scheduler.get_last_lr()[0], **parts})
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % cfg.grad_accum == 0:
+                save_checkpoint(a, out, step, cfg.keep_checkpoints)
+            if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                bar.close()
+                return step, holdout, True
+        holdout = evaluate_holdout(loop, eval_dl)
+        jlog.write({"event": "epoch", "epoch": epoch, "step": step, "holdout": holdout})
+    bar.close()
+    return step, holdout, False
+
+
+def train(config: RetrainConfig) -> dict:
+    """Fine-tune on the corrections; writes out/challenger and returns the run's summary (JSON-able)."""
+    start = time.perf_counter()
+    accelerator = make_accelerator(config)
+    set_seed(config.seed)
+    out = Path(config.out)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        if not config.resume:  # a fresh run in a used folder: an old run's checkpoints must not be resumed later
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+        (out / CONFIG_FILE).write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    loop, train_dl, eval_dl, model = setup(config, accelerator)
+    step = resume_step(loop, out)
+    jlog = JsonLog(out / LOG_FILE, accelerator.is_main_process)
+    data = {"train": summarize(loop.data.train), "held": len(loop.data.held), "branches": list(loop.data.branches)}
+    where = {"processes": accelerator.num_processes, "precision": accelerator.mixed_precision}
+    jlog.write({"event": "start", "step": step, **where, **data})
+    step, holdout, stopped = run_epochs(loop, train_dl, eval_dl, step, jlog)
+    if stopped:
+        return {"stopped": True, "step": step}
+    if holdout is None:  # resumed from the very last step: no epoch ended in this process
+        holdout = evaluate_holdout(loop, eval_dl)
+    summary = {
+        "stopped": False,
+        "step": step,
+        "epochs": config.epochs,
+        "base_version": model.version,  # read before the challenger is renamed below
+        "base_model": base_model_name(config, resolve_settings(config)),
+        **data,
+        "holdout": holdout,
+        **where,
+        "replicas_in_sync": replicas_agree(accelerator, loop.params),
+        "seconds": round(time.perf_counter() - start, 2),
+        "challenger": str(out / "challenger"),
+    }
+    if accelerator.is_main_process:
+        for branch in loop.data.branches:
+            model.config.trained[branch] = True
+        model.config.parent_version = model.version
+        model.config.version = f"{model.version}-challenger"  # named vN when published
+        model.save_pretrained(out / "challenger")
+        jlog.write({"event": "trained", **summary})
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+@contextlib.contextmanager
+def retrain_lock_held(config: RetrainConfig, is_main: bool) -> Iterator[None]:
+    """The store's retraining lock, held by the main process for the whole run: two runs never overlap."""
+    if not (config.lock and is_main):
+        yield
+        return
+    from filelock import Timeout
+
+    from train.schedule import retrain_lock
+
+    lock = retrain_lock(config.db)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise RetrainError(
+            f"Another retraining run on this store holds {lock.lock_file}; wait for it to finish."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def default_out(config: RetrainConfig) -> str:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RetrainError("Pass --out when launching several processes (each must write to the same folder).")
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    return str(resolve_settings(config).data_dir / "retrain" / "runs" / stamp)
+
+
+def run(config: RetrainConfig) -> dict:
+    """Train, then (main process) gate, publish a winner and record the decision. Returns the summary."""
+    if config.out is None:
+        config = dataclasses.replace(config, out=default_out(config))
+    state = PartialState(cpu=config.cpu)
+    started = now_iso()
+    with retrain_lock_held(config, state.is_main_process):
+        summary = train(config)
+        if summary["stopped"] or not state.is_main_process or not config.gate:
+            return summary
+        return {**summary, "decision": judge(config, summary, started)}
+
+
+def judge(config: RetrainConfig, summary: dict, started: str) -> dict:
+    """Main process: gate the challenger against the champion, publish a winner, record the run in the store."""
+    from train.gate import decide, evaluate, gate_config, load_dev_sets, record_run
+    from train.publish import hub_tags, next_version, publish
+
+    settings, out = resolve_settings(config), Path(config.out)
+    device = "cuda" if torch.cuda.is_available() and not config.cpu else "cpu"
+    with Store.open(config.db) as store:
+        _, held = read_corrections(dataclasses.replace(config, resume=True), store, settings)
+        cfg = gate_config(config)
+        try:
+            dev = load_dev_sets(cfg)
+        except CorpusError as exc:
+            raise RetrainError(f"The gate's dev sets are missing ({exc}); pass --data or set EMO_SHARED_DATA.") from exc
+        champion = EmotionModel.from_pretrained(summary["base_model"], cache=settings.cache, device=device)
+        challenger = EmotionModel.from_pretrained(out / "challenger", cache=settings.cache, device=device)
+        decision = decide(evaluate(champion, dev, held, settings), evaluate(challenger, dev, held, settings), cfg)
+        del champion
+        version = next_version(store, settings, summary["base_version"], *hub_tags(config.push))
+        published = None
+        if decision["promote"]:
+            published = publish(
+                challenger,
+                version=version,
+                decision=decision,
+                store=store,
+                settings=settings,
+                push=config.push,
+                data=summary["train"],
+                training=summary,
+            )
+        record_run(
+            store,
+            decision,
+            started=started,
+            base_version=summary["base_version"],
+            candidate_version=version,
+            n_corrections=summary["train"]["items"],
+            extra={"training": summary, "published": published},
+        )
+    decision = {**decision, "version": version, "published": published}
+    (out / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
+    JsonLog(out / LOG_FILE, True).write(
+        {
+            "event": "gate",
+            "promote": decision["promote"],
+            "version": version,
+            "reason": decision["reason"],
+            "published": published,
+        }
+    )
+    return decision
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = RetrainConfig(**vars(build_parser().parse_args(argv)))
+    try:
+        result = run(config)
+    except RetrainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if PartialState().is_main_process:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""One retraining step: items -> branch inputs (augmented) -> logits and projections -> the combined loss.
+
+The loss per branch is soft-label cross-entropy on the head plus an unlikelihood term on the hard negative;
+one supervised contrastive term runs over the projections of all branches together (positives across
+speakers and modalities), with the per-class memory queue adding pairs that small batches lack.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from backend.branches import face_forward, text_forward
+from backend.labels import NUM_LABELS
+from backend.model import EmotionModel
+from backend.types import SAMPLE_RATE
+from train import augment
+from train.contrastive import ClassMemory, soft_cross_entropy, supcon_loss, unlikelihood_loss
+from train.corrections import CorrectionItem
+from train.fit_speech import augmented_batch
+
+WHISPER_SECONDS = 30.0  # the encoder's window: evaluation crops longer clips to it
+
+
+@dataclass
+class Targets:
+    """Per-branch rows: target (B, C) distributions, weight (B,), negative (B,) class or -1, owner (B,) item index."""
+
+    target: torch.Tensor
+    weight: torch.Tensor
+    negative: torch.Tensor
+    owner: torch.Tensor
+
+
+@dataclass
+class LossConfig:
+    supcon_weight: float = 0.5
+    negative_weight: float = 0.5
+    temperature: float = 0.1
+    hard_weight: float = 1.0
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Dropout off inside the block; each submodule's training flag restored after."""
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+class RetrainNet(nn.Module):
+    """The trainable path of an EmotionModel as one module, so accelerate's DDP wrapper averages the gradients
+    of heads and adapters (a training adapter: unlike the model's own modules it takes media lists). Input: a dict with "speech" (list of 1-D waveform tensors, plus an optional
+    "mel_transform"), "text" (list of strings), "face" (crops (B, 1, 48, 48)); output: modality -> (logits (B, 7),
+    projection (B, P))."""
+
+    def __init__(self, model: EmotionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def train(self, mode: bool = True) -> RetrainNet:
+        super().train(mode)
+        if self.model.speech is not None:
+            self.model.speech.model.eval()  # no dropout inside the frozen speech encoder
+        return self
+
+    def forward(self, inputs: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        from backend.speech import encoder_hidden_states
+
+        heads, out = self.model.heads, {}
+        if "speech" in inputs:
+            states, mask = encoder_hidden_states(
+                self.model.speech, inputs["speech"], self.model.config.speech_trim, inputs.get("mel_transform")
+            )
+            head = heads.speech_head
+            out["speech"] = head(states.to(next(head.parameters()).dtype), mask)
+        if "text" in inputs:
+            with eval_mode(self.model.text_encoder):  # new words reach the lexicon's base-encoder embedding: no dropout
+                self.model.lexicon.features_batch(inputs["text"])  # fills its cache, so text_forward embeds nothing
+            out["text"] = text_forward(self.model, inputs["text"])
+        if "face" in inputs:
+            out["face"] = face_forward(self.model, inputs["face"])
+        return {m: (logits, heads.projections[m](emb)) for m, (logits, emb) in out.items()}
+
+
+def crop(audio: np.ndarray, seconds: float, rng: np.random.Generator | None) -> np.ndarray:
+    """A window of at most `seconds`: random with rng (training), the start without (evaluation)."""
+    size = int(seconds * SAMPLE_RATE)
+    if len(audio) <= size:
+        return audio
+    start = int(rng.integers(0, len(audio) - size + 1)) if rng is not None else 0
+    return audio[start : start + size]
+
+
+def build_inputs(
+    rows: list[CorrectionItem],
+    branches: tuple[str, ...],
+    device: torch.device,
+    seed: int | None = None,
+    max_seconds: float = WHISPER_SECONDS,
+) -> tuple[dict, dict[str, Targets]]:
+    """Net inputs and targets for the rows' branches. seed given: training (augmentation drawn from it)."""
+    train = seed is not None
+    gen = torch.Generator().manual_seed(seed) if train else None
+    rng = np.random.default_rng(seed) if train else None
+    inputs: dict = {}
+    targets: dict[str, Targets] = {}
+    for m in branches:
+        owners = [i for i, r in enumerate(rows) if m in r.modalities]
+        if not owners:
+            continue
+        chosen = [rows[i] for i in owners]
+        if m == "speech":
+            clips = [crop(r.audio, max_seconds if train else WHISPER_SECONDS, rng) for r in chosen]
+            if train:
+                inputs["speech"] = augmented_batch(clips, gen, device)
+                inputs["mel_transform"] = functools.partial(augment.spec_augment, generator=gen)
+            else:
+                inputs["speech"] = [torch.from_numpy(np.asarray(c, dtype=np.float32)).to(device) for c in clips]
+        elif m == "text":
+            inputs["text"] = [r.text for r in chosen]
+        else:
+            picks = [int(rng.integers(len(r.faces))) if train else 0 for r in chosen]
+            faces = torch.from_numpy(np.stack([r.faces[k] for r, k in zip(chosen, picks)])).unsqueeze(1).to(device)
+            inputs["face"] = augment.augment_faces(faces, generator=gen) if train else faces
+        targets[m] = Targets(
+            target=torch.from_numpy(np.stack([r.target for r in chosen])).float().to(device),
+            weight=torch.tensor([r.weight for r in chosen], dtype=torch.float32, device=device),
+            negative=torch.tensor([r.negative for r in chosen], dtype=torch.long, device=device),
+            owner=torch.tensor(owners, dtype=torch.long, device=device),
+        )
+    return inputs, targets
+
+
+def retrain_loss(
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    targets: dict[str, Targets],
+    memory: ClassMemory | None,
+    cfg: LossConfig,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """(loss, its parts, all projections (N, P), their labels (N,)) for one step."""
+    ce = neg = 0.0
+    zs, ts, ws, negs = [], [], [], []
+    for m, (logits, z) in out.items():
+        t = targets[m]
+        ce = ce + soft_cross_entropy(logits, t.target, t.weight)
+        neg = neg + unlikelihood_loss(logits, t.negative, t.weight)
+        zs.append(z.float())
+        ts.append(t.target)
+        ws.append(t.weight)
+        negs.append(t.negative)
+    z, target = torch.cat(zs), torch.cat(ts)
+    mem_z, mem_t = memory.entries() if memory is not None else (None, None)
+    sc = supcon_loss(z, target, torch.cat(ws), torch.cat(negs), mem_z, mem_t, cfg.temperature, cfg.hard_weight)
+    loss = ce + cfg.negative_weight * neg + cfg.supcon_weight * sc
+    parts = {"ce": ce.item(), "negative": neg.item(), "supcon": sc.item()}
+    return loss, parts, z.detach(), target.argmax(-1)
+
+
+def fused_probs(
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]], targets: dict[str, Targets], model: EmotionModel, n: int
+) -> torch.Tensor:
+    """Calibrated branch probabilities fused by the model's gate, per item: (n, 7) (uniform where nothing ran)."""
+    gate = model.heads.gate
+    probs = {m: torch.full((n, NUM_LABELS), float("nan"), device=gate.bias.device) for m in out}
+    for m, (logits, _) in out.items():
+        probs[m][targets[m].owner] = gate.calibrated(logits, m)
+    fused = torch.full((n, NUM_LABELS), 1.0 / NUM_LABELS, device=gate.bias.device)
+    for i in range(n):
+        present = {m: p[i : i + 1] for m, p in probs.items() if not torch.isnan(p[i, 0])}
+        if present:
+            fused[i] = gate(present)[0][0]
+    return fused
