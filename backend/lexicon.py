@@ -292,13 +292,15 @@ class Lexicon:
             if not new:
                 return
             vectors = embed_words(self.backbone, new)
-            for key, vec in zip(new, vectors):
-                self._expanded[key] = self._neighbours(vec)
+            for a in range(0, len(new), 1024):  # one matrix product per chunk, not one per word
+                chunk = vectors[a : a + 1024]
+                for key, sims, proto in zip(new[a : a + 1024], chunk @ self.embeddings.T, chunk @ self._prototypes.T):
+                    self._expanded[key] = self._neighbours(sims, proto)
             while len(self._expanded) > MAX_CACHED_WORDS:
                 self._expanded.popitem(last=False)
 
-    def _neighbours(self, vec: np.ndarray) -> _Entry | None:
-        sims = self.embeddings @ vec
+    def _neighbours(self, sims: np.ndarray, prototype_sims: np.ndarray) -> _Entry | None:
+        """sims: cosine to every NRC word; prototype_sims: cosine to each emotion's name."""
         top = np.argpartition(-sims, TOP_K)[:TOP_K] if len(sims) > TOP_K else np.arange(len(sims))
         top = top[np.argsort(-sims[top])]
         best = float(sims[top[0]])
@@ -308,7 +310,7 @@ class Lexicon:
         vector = (weights[:, None] * self.vectors[top]).sum(0) / weights.sum()
         if float(vector[_EMOTION_DIMS].max()) < AGREEMENT:
             return None
-        emotion = _choose_emotion(vector, self._prototypes @ vec, TAG_MIN)
+        emotion = _choose_emotion(vector, prototype_sims, TAG_MIN)
         score = float(vector[_DIM[_label_to_nrc(emotion)]]) * best if emotion else 0.0
         if score < TAG_MIN_SCORE:
             emotion, score = None, 0.0

@@ -73,5 +73,10 @@ class PretrainedView(nn.Module):
         self.model = model
 
     def forward(self, *args, **kwargs):
-        with lora_disabled(self.model):
-            return self.model(*args, **kwargs)
+        was_training = self.model.training
+        self.model.eval()  # the frozen encoder: no dropout either, even while a trainer is in train mode
+        try:
+            with lora_disabled(self.model):
+                return self.model(*args, **kwargs)
+        finally:
+            self.model.train(was_training)
