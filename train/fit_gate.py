@@ -1,0 +1,117 @@
+"""Fit the fusion gate on paired speech + transcript examples (RAVDESS dev actors), report on other actors.
+
+Until users' multimodal corrections exist, RAVDESS is the only paired data: its audio and the Whisper
+transcript of it. Fitting on actors 17-18 and reporting on 19-20 keeps the figure honest.
+
+    python -m train.fit_gate --model models/default --fit-actors 17,18 --report-actors 19,20 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from backend.labels import LABELS
+from backend.model import EmotionModel
+from backend.model_config import WEIGHTS_NAME
+from backend.predictor import Predictor
+from backend.settings import load_settings
+from train import corpora
+from train.evaluate import to_sample
+from train.metrics import classification_report
+
+log = logging.getLogger(__name__)
+
+
+def branch_probs(predictor: Predictor, actors: list[int]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Calibrated speech and text (from ASR) probabilities for every clip of the given actors."""
+    examples = corpora.ravdess(corpora.shared_data_dir() / "ravdess-speech-16k", actors=actors)
+    samples = [to_sample(e) for e in examples]
+    preds = []
+    for a in range(0, len(samples), 16):
+        preds += predictor.predict_batch(samples[a : a + 16])
+    probs = {m: torch.tensor([[p.modalities[m].probs[k] for k in LABELS] for p in preds]) for m in ("speech", "text")}
+    return probs, torch.tensor([e.label for e in examples])
+
+
+def fused_accuracy(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: torch.Tensor) -> dict:
+    with torch.no_grad():
+        fused, weights = gate(probs)
+    report = classification_report(y.numpy(), fused.argmax(-1).numpy())
+    return {
+        "accuracy": report["accuracy"],
+        "uar": report["uar"],
+        "macro_f1": report["macro_f1"],
+        "mean_weights": {m: float(w.mean()) for m, w in weights.items()},
+    }
+
+
+def fit(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: torch.Tensor, slopes_only: bool = False) -> None:
+    """slopes_only: keep the per-modality priors equal and learn only how much confidence counts; RAVDESS
+    sentences are neutral by design, so a learned prior would teach the gate to ignore words everywhere."""
+    params = [gate.slope] if slopes_only else [gate.bias, gate.slope]
+    opt = torch.optim.LBFGS(params, lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        fused, _ = gate(probs)
+        loss = torch.nn.functional.nll_loss(fused.clamp_min(1e-8).log(), y) + 1e-3 * sum(p.pow(2).sum() for p in params)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO)
+    p = argparse.ArgumentParser(
+        prog="python -m train.fit_gate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--model", default="models/default")
+    p.add_argument("--fit-actors", default="17,18")
+    p.add_argument("--report-actors", default="19,20")
+    p.add_argument("--write", action="store_true", help="store the fitted gate in the model folder")
+    p.add_argument("--slopes-only", action="store_true", help="fit only the confidence slopes (priors stay equal)")
+    args = p.parse_args(argv)
+    settings = load_settings(asr=True)
+    model = EmotionModel.from_pretrained(args.model, cache=settings.cache)
+    predictor = Predictor(model, settings)
+    fit_probs, fit_y = branch_probs(predictor, [int(a) for a in args.fit_actors.split(",")])
+    rep_probs, rep_y = branch_probs(predictor, [int(a) for a in args.report_actors.split(",")])
+    gate = model.heads.gate
+    before = fused_accuracy(gate, rep_probs, rep_y)
+    speech_only = fused_accuracy(gate, {"speech": rep_probs["speech"]}, rep_y)
+    with torch.inference_mode(False), torch.enable_grad():
+        gate.bias.data, gate.slope.data = gate.bias.data.clone(), gate.slope.data.clone()
+        fit(gate, fit_probs, fit_y, slopes_only=args.slopes_only)
+    after = fused_accuracy(gate, rep_probs, rep_y)
+    result = {
+        "fit_actors": args.fit_actors,
+        "report_actors": args.report_actors,
+        "speech_only": speech_only,
+        "fused_before": before,
+        "fused_after": after,
+        "bias": gate.bias.tolist(),
+        "slope": gate.slope.tolist(),
+    }
+    if args.write:
+        folder = Path(args.model)
+        tensors = load_file(str(folder / WEIGHTS_NAME))
+        tensors["heads.gate.bias"] = gate.bias.detach().half().clone()
+        tensors["heads.gate.slope"] = gate.slope.detach().half().clone()
+        save_file(tensors, str(folder / WEIGHTS_NAME), metadata={"format": "pt"})
+        (folder / "gate_fit.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()
