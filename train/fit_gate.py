@@ -53,10 +53,13 @@ def fused_accuracy(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: tor
     }
 
 
-def fit(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: torch.Tensor, slopes_only: bool = False) -> None:
-    """slopes_only: keep the per-modality priors equal and learn only how much confidence counts; RAVDESS
-    sentences are neutral by design, so a learned prior would teach the gate to ignore words everywhere."""
-    params = [gate.slope] if slopes_only else [gate.bias, gate.slope]
+def fit(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: torch.Tensor, slopes: tuple[str, ...] = ()) -> None:
+    """slopes: learn only how much these modalities' confidence counts (priors stay equal). RAVDESS sentences
+    are neutral by design, so learning the text prior or slope here would teach the gate to ignore words."""
+    from backend.labels import MODALITIES
+
+    mask = torch.tensor([float(m in slopes) for m in MODALITIES]) if slopes else None
+    params = [gate.slope] if slopes else [gate.bias, gate.slope]
     opt = torch.optim.LBFGS(params, lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -64,6 +67,8 @@ def fit(gate: torch.nn.Module, probs: dict[str, torch.Tensor], y: torch.Tensor, 
         fused, _ = gate(probs)
         loss = torch.nn.functional.nll_loss(fused.clamp_min(1e-8).log(), y) + 1e-3 * sum(p.pow(2).sum() for p in params)
         loss.backward()
+        if mask is not None:
+            gate.slope.grad.mul_(mask)
         return loss
 
     opt.step(closure)
@@ -78,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--fit-actors", default="17,18")
     p.add_argument("--report-actors", default="19,20")
     p.add_argument("--write", action="store_true", help="store the fitted gate in the model folder")
-    p.add_argument("--slopes-only", action="store_true", help="fit only the confidence slopes (priors stay equal)")
+    p.add_argument("--slopes", default="", help="comma list: fit only these modalities' confidence slopes")
     args = p.parse_args(argv)
     settings = load_settings(asr=True)
     model = EmotionModel.from_pretrained(args.model, cache=settings.cache)
@@ -90,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     speech_only = fused_accuracy(gate, {"speech": rep_probs["speech"]}, rep_y)
     with torch.inference_mode(False), torch.enable_grad():
         gate.bias.data, gate.slope.data = gate.bias.data.clone(), gate.slope.data.clone()
-        fit(gate, fit_probs, fit_y, slopes_only=args.slopes_only)
+        fit(gate, fit_probs, fit_y, slopes=tuple(m for m in args.slopes.split(",") if m))
     after = fused_accuracy(gate, rep_probs, rep_y)
     result = {
         "fit_actors": args.fit_actors,
