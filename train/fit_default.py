@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -102,6 +103,14 @@ def assemble(
     for branch, s in summaries.items():
         log_t[MODALITIES.index(branch)] = torch.tensor(float(s["dev"]["temperature"])).log()
     tensors["heads.gate.log_temperature"] = log_t
+    gate_file = run / "gate.json"  # written by python -m train.fit_gate (fitted on paired speech + transcripts)
+    if gate_file.exists():
+        gate = json.loads(gate_file.read_text())
+        tensors["heads.gate.bias"], tensors["heads.gate.slope"] = (
+            torch.tensor(gate["bias"]),
+            torch.tensor(gate["slope"]),
+        )
+        shutil.copy2(gate_file, out / "gate_fit.json")
     out.mkdir(parents=True, exist_ok=True)
     config.save(out)
     half = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in tensors.items()}
@@ -172,7 +181,7 @@ def card_body(summaries: dict[str, dict], run: Path) -> str:
                 f"{'trimmed' if mc.get('speech_trim') else '30 s padded'} | {mc.get('speech_lora_rank')} | "
                 f"{d['accuracy']:.3f} | {d['uar']:.3f} | {d['macro_f1']:.3f} | {seconds} |"
             )
-        notes = sorted({json.loads(v.read_text()).get("note", "") for v in variants} - {""})
+        notes = sorted({n for v in variants for k, n in json.loads(v.read_text()).items() if k.startswith("note")})
         lines += ["", *notes]
     lines += [
         "",
@@ -188,8 +197,11 @@ def card_body(summaries: dict[str, dict], run: Path) -> str:
         "`--epochs 45`), then `python -m train.fit_default assemble --run runs/default --out models/default "
         "--speech-name speech_lora8 --version v1 --speech-backbone whisper-base --text-backbone all-MiniLM-L6-v2`.",
         "",
-        "Fusion: each branch's logits are temperature-scaled on its dev set; the gate weighs the present "
-        "modalities equally until paired corrections train it, so a missing modality changes nothing for the others.",
+        "Fusion: each branch's logits are temperature-scaled on its dev set; the gate gives each present modality "
+        "a weight softmax(bias + slope * confidence) over the present ones only, so a missing modality changes "
+        "nothing for the others. Only the speech slope is fitted (`python -m train.fit_gate --slopes speech`, on "
+        "RAVDESS dev actors 17-18 with Whisper transcripts; on actors 19-20 fused accuracy is 0.633 with equal "
+        "weights, 0.742 fitted, 0.750 speech alone: gate_fit.json). Paired user corrections train it further.",
     ]
     return "\n".join(lines) + "\n"
 
