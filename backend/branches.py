@@ -12,6 +12,8 @@ from backend.labels import NUM_LABELS
 from backend.model import EmotionModel
 
 MAX_BATCH_SECONDS = 240.0  # audio seconds per speech forward on CPU; buckets keep padding low
+GPU_MAX_BATCH = 256  # on CUDA one forward takes up to 256 clips / 4096 s of audio (a few GiB in bf16)
+GPU_MAX_BATCH_SECONDS = 4096.0
 
 
 def length_buckets(lengths: list[int], max_batch: int, max_total: float) -> list[list[int]]:
@@ -40,15 +42,25 @@ def speech_forward(model: EmotionModel, audios: list[np.ndarray]) -> tuple[torch
 
 
 def speech_forward_batched(
-    model: EmotionModel, audios: list[np.ndarray], max_batch: int = 32, max_seconds: float = MAX_BATCH_SECONDS
+    model: EmotionModel,
+    audios: list[np.ndarray],
+    max_batch: int | None = None,
+    max_seconds: float | None = None,
 ) -> torch.Tensor:
-    """Logits for many clips, length-bucketed to limit padding; returns (N, 7) float32 on CPU."""
-    out = torch.empty(len(audios), NUM_LABELS)
+    """Logits for many clips, length-bucketed to limit padding; returns (N, 7) float32 on CPU.
+
+    Defaults: 32 clips / 240 s per forward on CPU, 256 clips / 4096 s on CUDA (big batches fill the GPU).
+    Results stay on the device until the last bucket, so buckets are queued without a sync between them.
+    """
+    cuda = model.device.type == "cuda"
+    max_batch = max_batch or (GPU_MAX_BATCH if cuda else 32)
+    max_seconds = max_seconds or (GPU_MAX_BATCH_SECONDS if cuda else MAX_BATCH_SECONDS)
     lengths = [len(a) for a in audios]
+    out = torch.empty(len(audios), NUM_LABELS, device=model.device)
     for group in length_buckets(lengths, max_batch, max_seconds * 16_000):
         logits, _ = speech_forward(model, [audios[i] for i in group])
-        out[group] = logits.float().cpu()
-    return out
+        out[torch.tensor(group, device=model.device)] = logits.float()
+    return out.cpu()
 
 
 def text_forward(model: EmotionModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

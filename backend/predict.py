@@ -1,6 +1,8 @@
 """Command line: predict emotion for media files (and/or text), one JSON object per input.
 
 python -m backend.predict clip.wav face.jpg video.mp4 [--text "..."] [--model PATH_OR_ID] [--json]
+python -m backend.predict --batch DIR_OR_TABLE --out results.parquet [--model ...]   (resumable; all GPUs with
+    accelerate launch --num_processes N -m backend.predict --batch ... ; see backend.batch_predict)
 """
 
 from __future__ import annotations
@@ -48,8 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--text", default=None, help="text to analyse (alone, or with each file)")
     parser.add_argument("--model", default=None, help="model folder or Hub id (default: EMO_MODEL / shipped model)")
     parser.add_argument("--json", action="store_true", help="print full JSON objects instead of a summary line")
+    parser.add_argument("--batch", type=Path, default=None, help="folder of media files or a csv/parquet/jsonl table")
+    parser.add_argument("--out", type=Path, default=None, help="--batch: results parquet (parts kept beside it)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=2, help="--batch: decoding processes per GPU process")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.batch is not None:
+        return batch_main(args, parser)
     if not args.files and not args.text:
         parser.error("give at least one file or --text")
     settings = load_settings()
@@ -72,6 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(summary_line(name, prediction))
     return 1 if failures else 0
+
+
+def batch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from backend.batch_predict import run_batch
+
+    if args.out is None or args.files or args.text:
+        parser.error("--batch takes --out and no files or --text")
+    try:
+        summary = run_batch(args.batch, args.out, args.model, load_settings(), args.batch_size, args.workers)
+    except (ModelError, ValueError) as exc:
+        print(json.dumps({"error": str(exc)}), file=sys.stderr)
+        return 1
+    print(json.dumps(summary))
+    return 0
 
 
 if __name__ == "__main__":

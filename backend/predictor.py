@@ -82,8 +82,9 @@ class Predictor:
             self._run_asr(samples, work)
             self._run_text(samples, work)
             self._run_faces(samples, work, faces_are_crops)
+            fused = self._fuse_all(len(samples), work)
             elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
-            return [self._fuse(i, s, work, elapsed) for i, s in enumerate(samples)]
+            return [self._prediction(i, s, work, *fused[i], elapsed) for i, s in enumerate(samples)]
 
     def _autocast(self):
         if self.device.type == "cuda":
@@ -181,26 +182,42 @@ class Predictor:
         for i, ps in main.items():
             work.face_probs[i] = np.mean(ps, axis=0)
 
-    def _fuse(self, i: int, sample: Sample, work: _Work, latency_ms: float) -> Prediction:
-        present = {
-            m: torch.from_numpy(np.asarray(src[i], dtype=np.float32)).unsqueeze(0)
-            for m, src in (("speech", work.speech_probs), ("text", work.text_probs), ("face", work.face_probs))
-            if i in src
-        }
-        if not present:
-            raise ValueError("nothing to predict: the sample has no usable audio, text or face")
+    def _fuse_all(self, n: int, work: _Work) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Fusion gate for every sample: one batched call per set of present modalities (the gate is row-wise),
+        so a batch of N clips costs one device round trip, not N. Returns (fused probs, modality -> probs)."""
+        sources = (("speech", work.speech_probs), ("text", work.text_probs), ("face", work.face_probs))
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i in range(n):
+            present = tuple(m for m, src in sources if i in src)
+            if not present:
+                raise ValueError("nothing to predict: the sample has no usable audio, text or face")
+            groups.setdefault(present, []).append(i)
         gate = self.model.heads.gate
-        with torch.inference_mode():
-            fused, weights = gate({m: p.to(gate.bias.device) for m, p in present.items()})
+        out: list = [None] * n
+        for present, rows in groups.items():
+            probs = {
+                m: torch.from_numpy(np.stack([np.asarray(src[i], dtype=np.float32) for i in rows]))
+                for m, src in sources
+                if m in present
+            }
+            with torch.inference_mode():
+                fused, weights = gate({m: p.to(gate.bias.device) for m, p in probs.items()})
+            fused = fused.float().cpu().numpy()
+            weights = {m: w.float().cpu().numpy() for m, w in weights.items()}
+            for k, i in enumerate(rows):
+                out[i] = (fused[k], {m: (probs[m][k].numpy(), float(weights[m][k])) for m in present})
+        return out
+
+    def _prediction(
+        self, i: int, sample: Sample, work: _Work, fused: np.ndarray, present: dict, latency_ms: float
+    ) -> Prediction:
         modalities = {
-            m: ModalityResult(probs=probs_dict(present[m][0].numpy()), weight=float(weights[m][0]))
-            for m in MODALITIES
-            if m in present
+            m: ModalityResult(probs=probs_dict(present[m][0]), weight=present[m][1]) for m in MODALITIES if m in present
         }
         text = sample.text or work.transcripts.get(i)
         words = self.model.lexicon.tag_words(text) if text else []
         return Prediction(
-            probs=probs_dict(fused[0].float().cpu().numpy()),
+            probs=probs_dict(fused),
             modalities=modalities,
             model_version=self.model_version,
             transcript=work.transcripts.get(i),

@@ -170,14 +170,19 @@ def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.
         lengths = torch.full((batch.shape[0],), batch.shape[1], dtype=torch.long)
         return batch.to(device, torch.float32), lengths.to(device)
     assert len(audio) > 0, "expected at least one clip"
-    clips = [
-        a.to(device, torch.float32).reshape(-1)
-        if isinstance(a, torch.Tensor)
-        else torch.from_numpy(np.asarray(a, dtype=np.float32).reshape(-1)).to(device)
-        for a in audio
-    ]
-    lengths = torch.tensor([len(c) for c in clips], dtype=torch.long, device=device)
-    return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
+    if any(isinstance(a, torch.Tensor) for a in audio):
+        clips = [torch.as_tensor(a).to(device, torch.float32).reshape(-1) for a in audio]
+        lengths = torch.tensor([len(c) for c in clips], dtype=torch.long, device=device)
+        return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
+    # numpy clips: pad on the host into one (pinned, on CUDA) buffer and copy it over once, not clip by clip
+    arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audio]
+    sizes = [len(a) for a in arrays]
+    host = torch.zeros(len(arrays), max(sizes), pin_memory=device.type == "cuda" and torch.cuda.is_available())
+    view = host.numpy()
+    for row, a in zip(view, arrays):
+        row[: len(a)] = a
+    lengths = torch.tensor(sizes, dtype=torch.long)
+    return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
 
 
 def encoder_hidden_states(

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU figures on the lent offline machine (packs from train/pack_for_device.py; 64 MiB per call, so chain calls
+# back to back while the machine is warm):
+#   bash bench/device_bench.sh stash PART   copy .stash/PART into /root/stash
+#   bash bench/device_bench.sh infer        bench/inference.py on CUDA (needs parts p1 + a)  -> $OUT/infer_gpu.json
+#   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
+#   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
+set -uo pipefail
+STASH=/root/stash
+setup() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$STASH"/*.whl
+  export PYTHONPATH="/tmp/site:$PWD" EMO_SHARED_DATA="$STASH/data" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+  if [ ! -d /root/model ]; then
+    cp -r models/default /root/model
+    python3 - <<EOF
+import json; p = "/root/model/config.json"; c = json.load(open(p))
+c.update(speech_backbone="$STASH/whisper-base", text_backbone="$STASH/minilm"); json.dump(c, open(p, "w"), indent=2)
+EOF
+  fi
+}
+case "$1" in
+  stash)
+    mkdir -p "$STASH" && cp -r ".stash/$2/." "$STASH/" && du -sh "$STASH"/* ;;
+  infer)
+    setup
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+    python3 bench/inference.py --model /root/model --device cuda --compile --out "$OUT/infer_gpu.json" 2>&1 | tee "$OUT/infer_gpu.log" ;;
+  infer2)  # after a change: the goal rows again, a profile of one big batch, and the batch CLI on 120 files
+    setup
+    python3 bench/inference.py --model /root/model --device cuda --batches 1,64,256 --seconds 4,30 --profile \
+      --out "$OUT/infer_gpu2.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu2.log"
+    TIMEFORMAT='batch CLI wall incl. model load: %R s'
+    { time EMO_ASR=0 python3 -m backend.predict --batch "$STASH/data/ravdess-speech-16k" --out /tmp/bp.parquet \
+        --model /root/model --workers 4 2>&1 | grep -v 'it/s\]' | tail -2 ; } 2>&1 | tee "$OUT/batch_cli.log" ;;
+  train)
+    setup
+    EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \
+      --out /tmp/trainbench --corrections 1000 2>&1 | grep -v 'it/s\]' | tee "$OUT/train_bench.log"
+    timeout 240 python3 bench/retrain_gain.py --model /root/model --data "$STASH/data" --out /tmp/gain 2>&1 \
+      | grep -v 'it/s\]' | tee "$OUT/retrain_gain.log" ;;
+esac

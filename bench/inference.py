@@ -1,0 +1,383 @@
+"""Speech-branch inference speed: the naive way beside the project's Predictor, same clips, same backbone.
+
+naive: a per-clip loop as a transformers pipeline does it - WhisperFeatureExtractor on the CPU (pads to 30 s),
+       the encoder's own forward in float32 over 3000 mel frames, then the same head and calibration.
+ours:  Predictor.predict_batch (audio only, no ASR, no timeline): one host->device copy from pinned memory,
+       log-mel on the device, length buckets, trimmed Whisper input, bf16 autocast on CUDA.
+
+    python bench/inference.py --model models/default --device cpu --batches 1,8 --out runs/bench/infer_cpu.json
+    python bench/inference.py --model models/default --device cuda --out $OUT/infer_gpu.json   # H100
+
+Prints a table and one JSON object (rows: impl, device, batch, seconds, p50/p95 latency per batch, clips/s,
+audio seconds/s, peak memory) plus, on CUDA, the roofline: analytic encoder FLOPs per clip against a measured
+bf16 matrix-product rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.model import EmotionModel
+from backend.predictor import Predictor
+from backend.settings import DEFAULT_MODEL_DIR, load_settings
+from backend.types import SAMPLE_RATE, Sample
+
+log = logging.getLogger(__name__)
+
+
+def with_backbones(model: str, speech: str | None, text: str | None) -> str:
+    """A copy of the model folder whose config points at local backbone folders (offline GPU machines)."""
+    if not speech and not text:
+        return model
+    folder = Path(tempfile.mkdtemp(prefix="emo-model-")) / "model"
+    shutil.copytree(model, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update({k: v for k, v in (("speech_backbone", speech), ("text_backbone", text)) if v})
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return str(folder)
+
+
+def make_clips(n: int, seconds: float, seed: int) -> list[np.ndarray]:
+    """Speech-like random clips (harmonics + noise, lengths jittered by up to -10%); never zeros."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        size = int(seconds * SAMPLE_RATE * rng.uniform(0.9, 1.0))
+        t = np.arange(size) / SAMPLE_RATE
+        f0 = rng.uniform(90, 250)
+        wave = sum(np.sin(2 * np.pi * f0 * k * t + rng.uniform(0, 6.3)) / k for k in range(1, 6))
+        out.append((0.05 * wave + 0.01 * rng.standard_normal(size)).astype(np.float32))
+    return out
+
+
+class NaiveSpeech:
+    """Per clip: CPU feature extractor padded to 30 s, encoder.forward (float32), head, calibration."""
+
+    def __init__(self, model: EmotionModel) -> None:
+        self.model = model
+        self.extractor = model.speech.processor.feature_extractor
+        self.encoder = model.speech.model.get_encoder()
+
+    @torch.inference_mode()
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        out = []
+        for clip in clips:
+            mel = self.extractor(clip, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            states = self.encoder(mel.to(self.model.device), output_hidden_states=True).hidden_states
+            states = torch.stack(states, dim=1)
+            valid = (len(clip) // 160 + 1) // 2
+            mask = torch.arange(states.shape[2], device=states.device)[None] < valid
+            logits, _ = self.model.heads.speech_head(states, mask)
+            out.append(self.model.heads.gate.calibrated(logits, "speech").float().cpu().numpy()[0])
+        return np.stack(out)
+
+
+class OursSpeech:
+    """The project's Predictor on audio-only samples."""
+
+    def __init__(self, model: EmotionModel) -> None:
+        self.predictor = Predictor(model, load_settings(asr=False, timeline_min_seconds=1e9))
+
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        preds = self.predictor.predict_batch([Sample(audio=c) for c in clips])
+        return np.array([[p.probs[k] for k in p.probs] for p in preds])
+
+
+class PeakRss:
+    """Peak resident memory over a region (sampled every 2 ms from /proc/self/statm), in MiB above the start."""
+
+    def __enter__(self) -> PeakRss:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> float:
+        try:
+            pages = int(Path("/proc/self/statm").read_text().split()[1])
+            return pages * 4096 / 2**20
+        except OSError:
+            return 0.0
+
+    @property
+    def mib(self) -> float:
+        return self.peak - self.base
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure(
+    fn: Callable[[list[np.ndarray]], np.ndarray],
+    sets: list[list[np.ndarray]],
+    device: torch.device,
+    min_reps: int,
+    budget_s: float,
+    max_reps: int = 200,
+) -> dict:
+    """Warm up once, then time whole calls (synchronised) rotating over input sets until both limits are met."""
+    fn(sets[0])
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    times = []
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() - start < budget_s):
+            clips = sets[len(times) % len(sets)]
+            t0 = time.perf_counter()
+            fn(clips)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda" else rss.mib
+    return {
+        "reps": len(times),
+        "p50_ms": 1000 * float(np.median(times)),
+        "p95_ms": 1000 * float(np.percentile(times, 95)),
+        "peak_mib": round(peak, 1),
+    }
+
+
+def encoder_flops(model: EmotionModel, samples: int) -> float:
+    """Multiply-adds x 2 of one trimmed Whisper encoder pass (convs, projections, attention, MLP) and the head."""
+    c = model.speech.model.config
+    frames = max(100, -(-samples // 160))
+    frames += frames % 2
+    t, d, f, n = frames // 2, c.d_model, c.encoder_ffn_dim, c.encoder_layers
+    conv = 2 * frames * c.num_mel_bins * 3 * d + 2 * t * d * 3 * d
+    per_layer = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * t * t * d
+    return float(conv + n * per_layer)
+
+
+def matmul_peak(device: torch.device, n: int = 8192) -> float:
+    """Measured bf16 matrix-product rate (FLOP/s) on random data: the compute ceiling used for the roofline."""
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start, reps = time.perf_counter(), 20
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start)
+
+
+def run(args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    settings = load_settings(device=args.device)
+    folder = with_backbones(args.model, args.speech_backbone, None)
+    t0 = time.perf_counter()
+    model = EmotionModel.from_pretrained(folder, cache=settings.cache, device=device)
+    load_s = time.perf_counter() - t0
+    impls = {"naive": NaiveSpeech(model), "ours": OursSpeech(model)}
+    impls = {k: v for k, v in impls.items() if k in args.impls.split(",")}
+    rows = []
+    batches = [int(b) for b in args.batches.split(",")]
+    for seconds in [float(s) for s in args.seconds.split(",")]:
+        pool = make_clips(2 * max(batches), seconds, seed=int(seconds))
+        for batch in batches:
+            for name, fn in impls.items():
+                # naive is a per-clip loop: its clips/s does not depend on the batch, so big batches are timed on fewer
+                measured = args.naive_max_batch if name == "naive" and batch > args.naive_max_batch else batch
+                if device.type == "cpu" and measured * seconds > args.cpu_max_audio:
+                    continue
+                sets = [pool[:measured], pool[measured : 2 * measured]]
+                reps = 1 if measured * seconds > 60 and device.type == "cpu" else 3
+                r = measure(fn, sets, device, min_reps=reps, budget_s=args.budget_s)
+                audio = sum(len(c) for c in sets[0]) / SAMPLE_RATE
+                row = {
+                    "impl": name,
+                    "device": device.type,
+                    "batch": batch,
+                    "measured_batch": measured,
+                    "seconds": seconds,
+                    **r,
+                }
+                row["clips_per_s"] = measured / (r["p50_ms"] / 1000)
+                row["audio_s_per_s"] = audio / (r["p50_ms"] / 1000)
+                rows.append(row)
+                log.warning("%s", {k: round(v, 2) if isinstance(v, float) else v for k, v in row.items()})
+    report = {
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "model_load_s": round(load_s, 2),
+        "rows": rows,
+        "speedup": speedups(rows),
+    }
+    if device.type == "cuda":
+        report["roofline"] = roofline(model, rows, device)
+        if args.profile and "ours" in impls:
+            report["profile"] = profile_ours(impls["ours"], device)
+        if args.compile:
+            try:
+                report["compiled"] = compiled_rows(model, impls["ours"], device, args)
+            except Exception as exc:  # a compiler failure must not lose the eager figures
+                report["compiled"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+    return report
+
+
+def profile_ours(ours: OursSpeech, device: torch.device, batch: int = 256, seconds: float = 4.0) -> dict:
+    """Where one big batch spends its time: wall, and the top ops by self CPU and by self device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    clips = make_clips(batch, seconds, seed=99)
+    ours(clips)
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        ours(clips)
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    device_total = sum(e.self_device_time_total for e in events) / 1000
+
+    def top(key: str) -> list:
+        rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:12]
+        return [[e.key[:60], e.count, round(getattr(e, key) / 1000, 2)] for e in rows]
+
+    return {
+        "batch": batch,
+        "seconds": seconds,
+        "wall_ms_profiled": wall * 1000,
+        "device_busy_ms": device_total,
+        "top_self_cpu_ms": top("self_cpu_time_total"),
+        "top_self_device_ms": top("self_device_time_total"),
+    }
+
+
+def speedups(rows: list[dict]) -> list[dict]:
+    """ours / naive clips per second at each (batch, seconds)."""
+    by = {(r["impl"], r["batch"], r["seconds"]): r for r in rows}
+    out = []
+    for (impl, batch, seconds), r in by.items():
+        naive = by.get(("naive", batch, seconds))
+        if impl == "ours" and naive:
+            out.append({"batch": batch, "seconds": seconds, "speedup": r["clips_per_s"] / naive["clips_per_s"]})
+    return out
+
+
+def roofline(model: EmotionModel, rows: list[dict], device: torch.device) -> dict:
+    peak = matmul_peak(device)
+    out = {"bf16_matmul_peak_tflops": peak / 1e12, "rows": []}
+    for r in rows:
+        if r["impl"] != "ours":
+            continue
+        flops = encoder_flops(model, int(r["seconds"] * SAMPLE_RATE))  # upper end: clips are 90-100% of this
+        achieved = flops * r["clips_per_s"]
+        out["rows"].append(
+            {
+                "batch": r["batch"],
+                "seconds": r["seconds"],
+                "gflop_per_clip": flops / 1e9,
+                "achieved_tflops": achieved / 1e12,
+                "fraction_of_peak": achieved / peak,
+                "roofline_clips_per_s": peak / flops,
+            }
+        )
+    return out
+
+
+def compiled_rows(model: EmotionModel, ours: OursSpeech, device: torch.device, args: argparse.Namespace) -> list[dict]:
+    """The same Predictor with each encoder layer under torch.compile (dynamic shapes), 4 s clips."""
+    encoder = model.speech.model.get_encoder()
+    original = list(encoder.layers)
+    t0 = time.perf_counter()
+    for i, layer in enumerate(original):
+        encoder.layers[i] = torch.compile(layer, dynamic=True)
+    rows = []
+    try:
+        pool = make_clips(512, 4.0, seed=4)
+        for batch in (1, 256):
+            r = measure(ours, [pool[:batch], pool[batch : 2 * batch]], device, min_reps=3, budget_s=args.budget_s)
+            rows.append(
+                {
+                    "impl": "ours+compile",
+                    "batch": batch,
+                    "seconds": 4.0,
+                    **r,
+                    "clips_per_s": batch / (r["p50_ms"] / 1000),
+                    "first_call_s_incl_compile": None,
+                }
+            )
+        rows[0]["compile_and_measure_s"] = time.perf_counter() - t0
+    finally:
+        for i, layer in enumerate(original):
+            encoder.layers[i] = layer
+    return rows
+
+
+def table(report: dict) -> str:
+    lines = [
+        f"{'impl':<8}{'dev':<5}{'batch':>6}{'sec':>5}{'p50 ms':>10}{'p95 ms':>10}{'clips/s':>10}{'audio s/s':>11}{'peak MiB':>10}"
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"{r['impl']:<8}{r['device']:<5}{r['batch']:>6}{r['seconds']:>5.0f}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}"
+            f"{r['clips_per_s']:>10.1f}{r['audio_s_per_s']:>11.1f}{r['peak_mib']:>10.1f}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--speech-backbone", default=None, help="local Whisper folder to use instead of the config's")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batches", default="1,8,64,256")
+    p.add_argument("--seconds", default="2,4,10,30")
+    p.add_argument("--naive-max-batch", type=int, default=32, help="naive loop timed on at most this many clips")
+    p.add_argument("--cpu-max-audio", type=float, default=300.0, help="CPU: skip configs with more audio per call")
+    p.add_argument("--budget-s", type=float, default=2.0, help="time per configuration after the minimum reps")
+    p.add_argument("--impls", default="naive,ours", help="which implementations to time")
+    p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
+    p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoder layers (CUDA)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--out", default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(args)
+    text = json.dumps(report, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text)
+    print(table(report))
+    print(json.dumps({"speedup": report["speedup"], "roofline": report.get("roofline", {}).get("rows", [])[:16]}))
+    return report
+
+
+if __name__ == "__main__":
+    main()

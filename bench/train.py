@@ -1,0 +1,170 @@
+"""Retraining speed: wall time and samples/s of the production retraining job on N crowd corrections + replay.
+
+N RAVDESS clips go into a fresh store as the app keeps them (champion prediction, three simulated annotators,
+10% gold); then train.retrain runs as in production (gate off: only training is timed) while nvidia-smi is
+sampled every 200 ms for GPU utilisation.
+
+    python bench/train.py --model models/default --out /tmp/trainbench --corrections 1000          # GPU
+    python bench/train.py --model models/default --out /tmp/tb --corrections 16 --epochs 1 --cpu   # smoke check
+
+Prints one JSON object: clips, train items, steps, samples/s (corrections + replay rows per second of the loop),
+wall times (store fill, setup + loop, loop alone from the run log), GPU utilisation mean/median during the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from retrain_gain import fill_store  # noqa: E402
+
+from backend.model import EmotionModel  # noqa: E402
+from backend.settings import DEFAULT_MODEL_DIR, load_settings  # noqa: E402
+from train.corpora import ravdess, shared_data_dir  # noqa: E402
+from train.fit_speech import load_clips  # noqa: E402
+from train.retrain import RetrainConfig, run  # noqa: E402
+
+
+class GpuMonitor:
+    """nvidia-smi utilization.gpu / memory.used every 200 ms in a thread (nothing on machines without it)."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float, float]] = []
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> GpuMonitor:
+        if shutil.which("nvidia-smi"):
+            cmd = [
+                "nvidia-smi",
+                "--query-gpu=utilization.gpu,memory.used",
+                "--format=csv,noheader,nounits",
+                "-lms",
+                "200",
+            ]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+            threading.Thread(target=self._read, daemon=True).start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                util, mem = (float(v) for v in line.split(",")[:2])
+            except ValueError:
+                continue
+            self.samples.append((time.time(), util, mem))
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait()
+
+    def summary(self, start: float, end: float) -> dict:
+        window = [(u, m) for t, u, m in self.samples if start <= t <= end]
+        if not window:
+            return {"samples": 0}
+        util = np.array([u for u, _ in window])
+        return {
+            "samples": len(window),
+            "util_mean": float(util.mean()),
+            "util_median": float(np.median(util)),
+            "util_busy_share": float((util > 50).mean()),
+            "mem_max_mib": float(max(m for _, m in window)),
+        }
+
+
+def loop_window(log_file: Path) -> tuple[float, float] | None:
+    """(start, end) epoch seconds of the training loop from the run log's 'start' and 'trained' events."""
+    events = {}
+    for line in log_file.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("event") in ("start", "trained"):
+            events[record["event"]] = datetime.fromisoformat(record["time"]).timestamp()
+    if "start" in events and "trained" in events:
+        return events["start"], events["trained"]
+    return None
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.WARNING)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=str(DEFAULT_MODEL_DIR))
+    p.add_argument("--out", required=True, help="work folder; must not exist")
+    p.add_argument("--data", default=str(shared_data_dir()))
+    p.add_argument("--corrections", type=int, default=1000)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--replay-per-batch", type=int, default=16)
+    p.add_argument("--cpu", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=False)
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    t0 = time.perf_counter()
+    champion = EmotionModel.from_pretrained(args.model, cache=load_settings().cache, device=device)
+    clips = ravdess(Path(args.data) / "ravdess-speech-16k")[: args.corrections]
+    audio = load_clips(clips)
+    fill_store(out / "studio.db", clips, audio, champion, gold=0.1, seed=0)
+    del champion
+    filled = time.perf_counter()
+    config = RetrainConfig(
+        db=str(out / "studio.db"),
+        out=str(out / "run"),
+        base_model=args.model,
+        data=args.data,
+        data_dir=str(out / "data"),
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        replay_per_batch=args.replay_per_batch,
+        checkpoint_every=0,
+        gate=False,
+        cpu=args.cpu,
+    )
+    with GpuMonitor() as gpu:
+        start_wall = time.time()
+        result = run(config)
+        end_wall = time.time()
+    done = time.perf_counter()
+    window = loop_window(out / "run" / "log.jsonl") or (start_wall, end_wall)
+    loop_s = max(window[1] - window[0], 1e-9)
+    rows = result["step"] * (args.batch_size + args.replay_per_batch)
+    report = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "clips": len(clips),
+        "train_items": result["train"]["items"] if isinstance(result.get("train"), dict) else result.get("train"),
+        "held_out": result.get("held"),
+        "epochs": args.epochs,
+        "steps": result["step"],
+        "rows_per_step": args.batch_size + args.replay_per_batch,
+        "precision": result.get("precision"),
+        "samples_per_s_loop": rows / loop_s,
+        "seconds": {
+            "store_fill_incl_champion_predictions": round(filled - t0, 1),
+            "retrain_setup_and_loop": round(done - filled, 1),
+            "loop_from_log": round(loop_s, 1),
+            "train_summary": result.get("seconds"),
+        },
+        "gpu_during_loop": gpu.summary(*window),
+        "gpu_whole_run": gpu.summary(start_wall, end_wall),
+    }
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
