@@ -48,7 +48,7 @@ class Request:
 
 
 _API = re.compile(
-    r"^/api/models/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit|tag|revision|refs|tree)(?:/(?P<rev>.+))?$"
+    r"^/api/(?:models|datasets)/(?P<repo>[^/]+/[^/]+)/(?P<action>preupload|commit|tag|revision|refs|tree)(?:/(?P<rev>.+))?$"
 )
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<rev>[^/]+)/(?P<file>.+)$")
 

@@ -184,3 +184,27 @@ def test_push_dataset_needs_a_token(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     with pytest.raises(StoreError, match="HF_TOKEN"):
         push_dataset(tmp_path, "me/x", api=mock.create_autospec(HfApi, instance=True))
+
+
+def test_push_dataset_reaches_a_hub_endpoint_intact(store, tmp_path, caplog, monkeypatch):
+    """The real HfApi against the local fake Hub (tests/hub_server.py): private dataset repo, every file intact."""
+    from huggingface_hub import constants
+
+    from tests.hub_server import FakeHub
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # the local endpoint only; no other host is reachable
+
+    caplog.set_level(logging.DEBUG)
+    folder, _ = make_folder(tmp_path)
+    import_folder(store, folder, label_mode="vote")
+    out = tmp_path / "export"
+    export_dataset(store, out)
+    token = "hf_dataset_secret_123"
+    with FakeHub() as hub:
+        push_dataset(out, "me/emotion-labels", token=token, endpoint=hub.url)
+        repo = hub.repos["me/emotion-labels"]
+        sent = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        assert repo.private
+        assert repo.files == sent
+        assert all(r.authorization == f"Bearer {token}" for r in hub.requests if r.method == "POST")
+    assert token not in caplog.text
