@@ -53,6 +53,20 @@ def user_clips(data: Path, actors: list[int], limit: int) -> list:
     return out
 
 
+def phone_channel(audio: list[np.ndarray], snr_db: float, seed: int) -> list[np.ndarray]:
+    """A new user's recording condition the base model never saw: 8 kHz telephone band plus noise."""
+    import torchaudio.functional as AF
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for wave in audio:
+        narrow = AF.resample(AF.resample(torch.from_numpy(wave), 16_000, 8_000), 8_000, 16_000).numpy()[: len(wave)]
+        noise = rng.standard_normal(len(narrow)).astype(np.float32)
+        power = float(np.mean(narrow**2)) or 1e-10
+        out.append((narrow + noise * np.sqrt(power / 10 ** (snr_db / 10))).astype(np.float32))
+    return out
+
+
 def fill_store(db: Path, clips: list, audio: list[np.ndarray], champion: EmotionModel, gold: float, seed: int) -> dict:
     """The clips as the app keeps them, the champion's prediction (the hard negative), crowd votes, gold marks."""
     rng = np.random.default_rng(seed)
@@ -100,6 +114,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--face-dev-size", type=int, default=1000)
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--channel",
+        choices=["clean", "phone"],
+        default="clean",
+        help="phone: the user records through an 8 kHz line with noise (a condition unseen in training)",
+    )
+    p.add_argument("--snr-db", type=float, default=10.0, help="noise level of the phone channel")
     return p.parse_args(argv)
 
 
@@ -147,6 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
     champion = EmotionModel.from_pretrained(args.model, cache=settings.cache, device=device)
     clips = user_clips(Path(args.data), parse_actors(args.actors), args.limit)
     audio = load_clips(clips)
+    if args.channel == "phone":
+        audio = phone_channel(audio, args.snr_db, args.seed)
     ids = fill_store(out / "studio.db", clips, audio, champion, args.gold, args.seed)
     prepared = time.perf_counter()
     config, result = retrain(args, out)
@@ -163,6 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
         "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
         "cpu": platform.processor() or platform.machine(),
         "user_actors": args.actors,
+        "channel": args.channel if args.channel == "clean" else f"phone, {args.snr_db:g} dB SNR",
         "dev_actors": args.dev_actors,
         "user_clips": len(ids),
         "gold": args.gold,
