@@ -14,11 +14,14 @@ Run: `python app.py` (settings from EMO_* variables; GRADIO_SERVER_NAME / GRADIO
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -33,6 +36,7 @@ from backend.labels import LABELS
 from backend.media import load_sample
 from backend.model import resolve_model_folder
 from backend.predictor import load_predictor
+from backend.ratelimit import RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from labeling import agreement_report, service
@@ -51,6 +55,9 @@ MSG_NOTHING_READABLE = (
     "Try a brighter, front-facing photo, or add a recording or some text."
 )
 SESSION_TTL_S = 3600  # a session's pending analysis (audio bytes) is dropped an hour after its last use
+CACHE_TTL_S = 3600  # served copies of clips (and uploads) leave Gradio's cache after an hour
+SERVE_DIR = "emo-studio-serve"  # under the system temp dir: per-request copies of clips shown to annotators
+SERVE_TTL_S = 300  # such a copy is deleted after this (Gradio copies it into its cache at once)
 
 
 def _no_gpu_decorator(fn: Callable) -> Callable:
@@ -78,6 +85,25 @@ def get_store() -> Store:
     return Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
 
 
+@functools.cache
+def get_limiter() -> RateLimiter:
+    """Requests per minute per session / annotator (EMO_RATE_LIMIT_PER_MINUTE; 0 turns it off)."""
+    return RateLimiter(get_settings().rate_limit_per_minute)
+
+
+def check_rate(*keys: object) -> None:
+    """Refuse with 'busy, try again' before any work when the first usable key is over its rate limit.
+
+    keys: candidates in order of preference (annotator id, session user id, gr.Request, ...)."""
+    for key in keys:
+        if isinstance(key, gr.Request):
+            key = getattr(key, "session_hash", None)
+        if key:
+            get_limiter().check(str(key))
+            return
+    get_limiter().check("anonymous")
+
+
 def get_predictor():
     """The process's one model (backend.predictor caches it)."""
     return load_predictor(settings=get_settings())
@@ -90,7 +116,7 @@ def shows_errors(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (MediaError, StoreError, ModelError) as error:
+        except (MediaError, StoreError, ModelError, RateLimitError) as error:
             raise gr.Error(str(error)) from None
         except gr.Error:
             raise
@@ -121,8 +147,10 @@ def predict(
     image: str | None = None,
     text: str | None = None,
     session: dict | None = None,
+    request: gr.Request = None,
 ):
     """Analyze whatever was given; the result waits in the session for the person's answer."""
+    check_rate((session or {}).get("user"), request)
     sample = load_sample(
         audio=audio or None, video=video or None, image=image or None, text=text, settings=get_settings()
     )
@@ -151,8 +179,15 @@ def predict(
 
 
 @shows_errors
-def correct(choices: list[str], note: str | None = None, consent: bool = False, session: dict | None = None):
+def correct(
+    choices: list[str],
+    note: str | None = None,
+    consent: bool = False,
+    session: dict | None = None,
+    request: gr.Request = None,
+):
     """Store the person's answer about the last analysis (media only with consent) and say what was kept."""
+    check_rate((session or {}).get("user"), request)
     session = session or new_session()
     if session["pending"] is None:
         raise StoreError("Analyze something first, then say what the right emotion is.")
@@ -164,8 +199,9 @@ def correct(choices: list[str], note: str | None = None, consent: bool = False, 
 
 
 @shows_errors
-def delete_my_data(session: dict | None = None):
+def delete_my_data(session: dict | None = None, request: gr.Request = None):
     """Delete everything this browser session gave (clips it created, votes, kept media)."""
+    check_rate((session or {}).get("user"), request)
     session = session or new_session()
     counts = service.delete_my_data(get_store(), session["user"], session["receipts"])
     session["receipts"] = []
@@ -173,6 +209,29 @@ def delete_my_data(session: dict | None = None):
 
 
 # ------------------------------------------------------------------------------------------ Label
+
+
+def serve_copy(media_path: Path | None) -> str | None:
+    """A short-lived link or copy of a clip's media for one response; Gradio caches it under a secret hash.
+
+    launch() blocks the media folder itself, so a stored file can be fetched only through a clip the
+    queue handed to the requester, never by guessing its path."""
+    if media_path is None:
+        return None
+    folder = Path(tempfile.gettempdir()) / SERVE_DIR
+    folder.mkdir(mode=0o700, exist_ok=True)
+    cutoff = time.time() - SERVE_TTL_S
+    for old in folder.iterdir():  # Gradio has long copied these into its cache
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()
+    target = folder / f"{uuid.uuid4().hex}{media_path.suffix}"
+    try:
+        os.link(media_path, target)
+    except OSError:
+        shutil.copyfile(media_path, target)
+    os.utime(target)
+    return str(target)
 
 
 def show_clip(view: service.ClipView | None, annotator: str, message: str = "") -> tuple:
@@ -193,7 +252,7 @@ def show_clip(view: service.ClipView | None, annotator: str, message: str = "") 
             "",
             labeler,
         )
-    path = str(view.media_path) if view.media_path else None
+    path = serve_copy(view.media_path)
     context = (
         "" if view.prediction is None and not view.votes else present.clip_context_markdown(view.prediction, view.votes)
     )
@@ -217,21 +276,38 @@ def _annotator(labeler: dict | None) -> str:
 
 
 @shows_errors
-def next_item(name: str | None = None, labeler: dict | None = None, profile: gr.OAuthProfile | None = None):
+def next_item(
+    name: str | None = None,
+    labeler: dict | None = None,
+    profile: gr.OAuthProfile | None = None,
+    request: gr.Request = None,
+):
     """Identify the annotator (HF login on Spaces, else the typed name) and serve their next clip."""
     annotator = service.annotator_id_for(name, profile.username if profile else None)
+    check_rate(annotator, request)
     view = service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling)
     return show_clip(view, annotator)
 
 
 @shows_errors
-def vote(labels: list[str], unsure: bool = False, note: str | None = None, labeler: dict | None = None):
+def vote(
+    labels: list[str],
+    unsure: bool = False,
+    note: str | None = None,
+    labeler: dict | None = None,
+    request: gr.Request = None,
+):
     """Record the annotator's vote on the clip they hold, then serve the next one."""
     annotator = _annotator(labeler)
+    check_rate(annotator, request)
     if not labeler.get("clip_id"):
         raise StoreError("There is no clip to vote on; press Start / next clip.")
     get_store().vote(
-        labeler["clip_id"], annotator, labels or [], unsure=bool(unsure), note=(note or "").strip() or None
+        service.plain_text(labeler["clip_id"]),
+        annotator,
+        service.answer_labels(labels) or [],
+        unsure=bool(unsure),
+        note=service.plain_text(note) or None,
     )
     return show_clip(service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling), annotator)
 
@@ -239,18 +315,19 @@ def vote(labels: list[str], unsure: bool = False, note: str | None = None, label
 def quick_vote(label: str) -> Callable:
     """A one-emotion vote for a button (and its keyboard shortcut)."""
 
-    def vote_for(note: str | None, labeler: dict | None):
-        return vote([label], False, note, labeler)
+    def vote_for(note: str | None, labeler: dict | None, request: gr.Request = None):
+        return vote([label], False, note, labeler, request)
 
     return vote_for
 
 
 @shows_errors
-def skip(labeler: dict | None = None):
+def skip(labeler: dict | None = None, request: gr.Request = None):
     """Pass on the current clip (it is not shown to this annotator again) and serve the next one."""
     annotator = _annotator(labeler)
+    check_rate(annotator, request)
     if labeler.get("clip_id"):
-        get_store().skip(labeler["clip_id"], annotator)
+        get_store().skip(service.plain_text(labeler["clip_id"]), annotator)
     return show_clip(service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling), annotator)
 
 
@@ -266,6 +343,12 @@ def model_folder(settings: Settings) -> Path | None:
         return resolve_model_folder(name)
     except ModelError:
         return None
+
+
+def public_agreement(report: dict[str, Any]) -> dict[str, Any]:
+    """The agreement figures anyone may see: no per-annotator rows (their ids, vote counts, reliability);
+    admins get those from `python -m labeling stats --agreement`."""
+    return {key: value for key, value in report.items() if key != "annotators"}
 
 
 @shows_errors
@@ -287,12 +370,13 @@ def stats():
         present.agreement_markdown(report),
         present.runs_table(runs),
         f"```\n{retrain_log}\n```" if retrain_log else "",
-        {"model_version": info.version, "stats": figures, "agreement": report, "training_runs": runs},
+        {"model_version": info.version, "stats": figures, "agreement": public_agreement(report), "training_runs": runs},
     )
 
 
 @shows_errors
-def export(token: str | None = None):
+def export(token: str | None = None, request: gr.Request = None):
+    check_rate(request)  # also slows down guessing the admin token
     settings = get_settings()
     service.require_admin(token, settings)
     out = Path(settings.data_dir) / "export"
@@ -301,7 +385,8 @@ def export(token: str | None = None):
 
 
 @shows_errors
-def retrain(token: str | None = None):
+def retrain(token: str | None = None, request: gr.Request = None):
+    check_rate(request)
     settings = get_settings()
     service.require_admin(token, settings)
     job = service.start_retraining(settings)
@@ -309,15 +394,17 @@ def retrain(token: str | None = None):
 
 
 @shows_errors
-def delete_clip(token: str | None = None, clip_id: str | None = None):
+def delete_clip(token: str | None = None, clip_id: str | None = None, request: gr.Request = None):
+    check_rate(request)
     service.require_admin(token, get_settings())
-    return present.deletion_markdown(get_store().delete_clip((clip_id or "").strip()))
+    return present.deletion_markdown(service.delete_clip(get_store(), clip_id))
 
 
 @shows_errors
-def delete_annotator(token: str | None = None, annotator_id: str | None = None):
+def delete_annotator(token: str | None = None, annotator_id: str | None = None, request: gr.Request = None):
+    check_rate(request)
     service.require_admin(token, get_settings())
-    return present.deletion_markdown(get_store().delete_annotator((annotator_id or "").strip()))
+    return present.deletion_markdown(service.delete_annotator(get_store(), annotator_id))
 
 
 # ------------------------------------------------------------------------------------------ layout
@@ -498,7 +585,7 @@ def build_model_tab(settings: Settings) -> gr.Tab:
 def build_demo(settings: Settings | None = None) -> gr.Blocks:
     """The whole app; cheap to build (no model load, no store access until an event runs)."""
     settings = settings or get_settings()
-    with gr.Blocks(title="Emotion studio") as demo, gr.Tabs():
+    with gr.Blocks(title="Emotion studio", delete_cache=(CACHE_TTL_S, CACHE_TTL_S)) as demo, gr.Tabs():
         with gr.Tab("Analyze", id="analyze"):
             build_analyze_tab()
         with gr.Tab("Label", id="label"):
@@ -511,7 +598,7 @@ def launch_options(settings: Settings) -> dict[str, Any]:
     """launch() arguments shared by __main__ and the end-to-end tests."""
     return {
         "max_file_size": int(settings.max_upload_mb * MB),
-        "allowed_paths": [str(settings.media_dir)],  # the store's media, served to annotators only via media_path
+        "blocked_paths": [str(settings.media_dir)],  # clips go out only as serve_copy() links, never by path
         "js": keyboard_js(),
     }
 

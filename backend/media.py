@@ -285,7 +285,7 @@ def prepare_audio(waveform: np.ndarray, sample_rate: int, settings: Settings | N
     peak = max(float(mono.max()), -float(mono.min()))
     if peak > 1.0:
         mono = mono / peak  # float audio outside [-1, 1]: scale rather than let the model see clipping
-    audio = _resample(mono, int(sample_rate))
+    audio = np.clip(_resample(mono, int(sample_rate)), -1.0, 1.0)  # resampling can overshoot a full-scale step
     if _rms(audio) < settings.silence_rms:
         raise MediaError(MSG_SILENT)
     return audio

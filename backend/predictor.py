@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from backend.branches import face_eval_logits, speech_forward_batched, text_forward
+from backend.errors import MediaError
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
 from backend.settings import Settings, load_settings
@@ -190,7 +191,7 @@ class Predictor:
         for i in range(n):
             present = tuple(m for m, src in sources if i in src)
             if not present:
-                raise ValueError("nothing to predict: the sample has no usable audio, text or face")
+                raise MediaError("nothing to predict: the sample has no usable audio, text or face")
             groups.setdefault(present, []).append(i)
         gate = self.model.heads.gate
         out: list = [None] * n

@@ -9,15 +9,18 @@ without it only a content hash, the prediction and the label are kept.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import importlib.util
 import io
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 import time
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,21 +138,39 @@ def make_contribution(sample: Sample, prediction: Prediction, video: str | Path 
     raise StoreError("There is nothing to save: analyze audio, a video, an image or some text first.")
 
 
+def answer_labels(names: list[str] | str | None) -> list[str]:
+    """Taxonomy labels from emotion names a person sent; StoreError (never echoing the input) if any is unknown."""
+    if isinstance(names, str):
+        names = [names]
+    names = [str(n).strip().lower() for n in names or [] if str(n).strip()]
+    try:
+        return check_labels(names) if names else []
+    except StoreError:
+        raise StoreError(f"That is an unknown emotion; pick from {', '.join(LABELS)}.") from None
+
+
 def parse_answer(choices: list[str] | str | None) -> tuple[list[str], bool]:
     """Checkbox values (emotions and maybe 'unsure') -> (taxonomy labels, unsure)."""
     if isinstance(choices, str):
         choices = [choices]
     choices = [str(c).strip().lower() for c in choices or [] if str(c).strip()]
     unsure = UNSURE in choices
-    names = [c for c in choices if c != UNSURE]
-    labels = check_labels(names) if names else []
+    labels = answer_labels([c for c in choices if c != UNSURE])
     if not labels and not unsure:
         raise StoreError(f"Pick the right emotion (one or more of {', '.join(LABELS)}) or '{UNSURE}'.")
     return labels, unsure
 
 
+def plain_text(value: object) -> str:
+    """A string from the outside made safe to store and show: no lone surrogates (SQLite cannot encode
+    them) and no control characters other than whitespace; surrounding whitespace stripped."""
+    text = "" if value is None else str(value)
+    text = text.encode("utf-8", "ignore").decode("utf-8")
+    return "".join(ch for ch in text if ch.isspace() or unicodedata.category(ch) != "Cc").strip()
+
+
 def _clean_note(note: str | None) -> str | None:
-    text = (note or "").strip()
+    text = plain_text(note)
     if len(text) > MAX_NOTE_CHARS:
         raise StoreError(f"Notes are limited to {MAX_NOTE_CHARS} characters; shorten it.")
     return text or None
@@ -186,6 +207,43 @@ def record_correction(
     labels, unsure = parse_answer(choices)
     note = _clean_note(note)
     annotator_id = check_id(annotator_id, "annotator")
+    with out_of_space_is_a_store_error():
+        return _record(store, contribution, annotator_id, labels, unsure, note, consent)
+
+
+MSG_NO_SPACE = (
+    "The server has run out of storage space, so your answer was not saved. "
+    "Try again later, or save it without keeping the media."
+)
+
+
+@contextlib.contextmanager
+def out_of_space_is_a_store_error():
+    """A full disk (ENOSPC, EDQUOT, SQLite's 'disk is full') becomes a StoreError; nothing half-written stays:
+    media is written atomically and the rows in one transaction."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        log.error("storage full while saving a correction")
+        raise StoreError(MSG_NO_SPACE) from None
+    except sqlite3.OperationalError as error:
+        if "full" not in str(error).lower():
+            raise
+        log.error("database full while saving a correction")
+        raise StoreError(MSG_NO_SPACE) from None
+
+
+def _record(
+    store: Store,
+    contribution: Contribution,
+    annotator_id: str,
+    labels: list[str],
+    unsure: bool,
+    note: str | None,
+    consent: bool,
+) -> Receipt:
     try:
         had_media = store.get_clip(contribution.sha256)["media"] is not None
         new_clip = False
@@ -271,8 +329,8 @@ class ClipView:
 def annotator_id_for(name: str | None = None, hf_username: str | None = None) -> str:
     """'hf:<user>' for a Hugging Face login, else 'name:<typed name>'; the prefixes keep them apart."""
     if hf_username:
-        return check_id(f"hf:{hf_username}", "annotator")
-    cleaned = " ".join((name or "").split())
+        return check_id(f"hf:{plain_text(hf_username)}", "annotator")
+    cleaned = " ".join(plain_text(name).split())
     if not cleaned:
         raise StoreError("Type a name (or sign in) so that your votes count as yours.")
     if len(cleaned) > MAX_NAME_CHARS:
@@ -310,6 +368,16 @@ def next_clip(store: Store, annotator_id: str, *, blind: bool = True) -> ClipVie
 
 
 # ------------------------------------------------------------------------------------ admin
+
+
+def delete_clip(store: Store, clip_id: str | None) -> dict[str, int]:
+    """Admin: delete a clip (media, votes, predictions, reservations) by the id typed into the app."""
+    return store.delete_clip(check_id(plain_text(clip_id), "clip"))
+
+
+def delete_annotator(store: Store, annotator_id: str | None) -> dict[str, int]:
+    """Admin: delete an annotator, their votes and the clips they uploaded, by the id typed into the app."""
+    return store.delete_annotator(check_id(plain_text(annotator_id), "annotator"))
 
 
 def require_admin(token: str | None, settings: Settings) -> None:

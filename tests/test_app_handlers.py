@@ -173,4 +173,4 @@ def test_wiring_names_every_event_and_starts_offline(studio):  # noqa: F811
     assert not any(isinstance(block, gr.LoginButton) for block in demo.blocks.values())  # whoami needs the Hub
     options = studio.launch_options(studio.get_settings())
     assert options["max_file_size"] == int(studio.get_settings().max_upload_mb * 1024 * 1024)
-    assert options["allowed_paths"] == [str(studio.get_settings().media_dir)]
+    assert options["blocked_paths"] == [str(studio.get_settings().media_dir)] and "allowed_paths" not in options
