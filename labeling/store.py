@@ -68,6 +68,8 @@ def check_id(value: str, what: str) -> str:
     text = str(value).strip()
     if not text or len(text) > MAX_ID_CHARS:
         raise StoreError(f"The {what} id must be 1 to {MAX_ID_CHARS} characters.")
+    if not text.isprintable() or any("\ud800" <= c <= "\udfff" for c in text):  # SQLite cannot store lone surrogates
+        raise StoreError(f"The {what} id may only hold printable characters.")
     return text
 
 
