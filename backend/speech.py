@@ -175,14 +175,22 @@ def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.
         lengths = torch.tensor([len(c) for c in clips], dtype=torch.long, device=device)
         return nn.utils.rnn.pad_sequence(clips, batch_first=True), lengths
     # numpy clips: pad on the host into one (pinned, on CUDA) buffer and copy it over once, not clip by clip
-    arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in audio]
+    host, lengths = pad_on_host(audio, pin=device.type == "cuda")
+    return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+
+
+def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clips -> one zero-padded (B, n_max) float32 CPU buffer (page-locked if pin and CUDA is there), lengths (B,).
+
+    One buffer means one host-to-device copy per batch; pinned, that copy can overlap with compute.
+    """
+    arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in clips]
     sizes = [len(a) for a in arrays]
-    host = torch.zeros(len(arrays), max(sizes), pin_memory=device.type == "cuda" and torch.cuda.is_available())
+    host = torch.zeros(len(arrays), max(sizes), pin_memory=pin and torch.cuda.is_available())
     view = host.numpy()
     for row, a in zip(view, arrays):
         row[: len(a)] = a
-    lengths = torch.tensor(sizes, dtype=torch.long)
-    return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
+    return host, torch.tensor(sizes, dtype=torch.long)
 
 
 def encoder_hidden_states(

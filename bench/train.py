@@ -8,12 +8,15 @@ sampled every 200 ms for GPU utilisation.
     python bench/train.py --model models/default --out /tmp/tb --corrections 16 --epochs 1 --cpu   # smoke check
 
 Prints one JSON object: clips, train items, steps, samples/s (corrections + replay rows per second of the loop),
-wall times (store fill, setup + loop, loop alone from the run log), GPU utilisation mean/median during the run.
+seconds the loop waited for its loader threads vs spent in steps, wall times (store fill, setup + loop, loop alone
+from the run log), GPU utilisation mean/median during the run. --loader-workers 0 builds every batch inside the
+loop, as before the loaders existed (the baseline).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shutil
@@ -21,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
@@ -88,6 +92,18 @@ class GpuMonitor:
         }
 
 
+@contextlib.contextmanager
+def profiled(on: bool) -> Iterator[torch.profiler.profile | None]:
+    if not on:
+        yield None
+        return
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        yield prof
+
+
 def loop_window(log_file: Path) -> tuple[float, float] | None:
     """(start, end) epoch seconds of the training loop from the run log's 'start' and 'trained' events."""
     events = {}
@@ -110,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--replay-per-batch", type=int, default=16)
+    p.add_argument("--loader-workers", type=int, default=-1, help="0 = build batches inside the loop (the old way)")
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--profile", action="store_true", help="run under torch.profiler; tables of the top ops to stderr")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=False)
@@ -134,11 +152,15 @@ def main(argv: list[str] | None = None) -> dict:
         checkpoint_every=0,
         gate=False,
         cpu=args.cpu,
+        loader_workers=args.loader_workers,
     )
-    with GpuMonitor() as gpu:
+    with GpuMonitor() as gpu, profiled(args.profile) as prof:
         start_wall = time.time()
         result = run(config)
         end_wall = time.time()
+    if prof is not None:
+        for key in ("self_cpu_time_total", "self_cuda_time_total" if device == "cuda" else "cpu_time_total"):
+            print(prof.key_averages().table(sort_by=key, row_limit=25), file=sys.stderr)
     done = time.perf_counter()
     window = loop_window(out / "run" / "log.jsonl") or (start_wall, end_wall)
     loop_s = max(window[1] - window[0], 1e-9)
@@ -153,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rows_per_step": args.batch_size + args.replay_per_batch,
         "precision": result.get("precision"),
         "samples_per_s_loop": rows / loop_s,
+        "loader": result.get("loop"),  # workers; seconds the loop waited for data vs spent in steps
         "seconds": {
             "store_fill_incl_champion_predictions": round(filled - t0, 1),
             "retrain_setup_and_loop": round(done - filled, 1),

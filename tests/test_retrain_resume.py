@@ -46,8 +46,10 @@ def reference(tmp_path_factory, shared_data, tiny_model_dir, tiny_backbones) -> 
 def same_result(reference: dict, summary: dict, out: Path) -> None:
     weights = load_file(str(out / "challenger" / "model.safetensors"))
     assert weights.keys() == reference["weights"].keys()
+    # 1e-4, not exact: words new to the lexicon are embedded a batch at a time, and a resumed run meets some of
+    # them in other batches (float sums in another order, ~3e-5 on these weights); a wrong resume is off by 1e-2
     for key, value in reference["weights"].items():
-        assert torch.allclose(weights[key], value, atol=1e-5), key
+        assert torch.allclose(weights[key], value, atol=1e-4), key
     assert summary["step"] == reference["summary"]["step"]
     assert summary["holdout"] == pytest.approx(reference["summary"]["holdout"])
 
@@ -93,7 +95,8 @@ def test_a_killed_run_resumes_to_the_same_result(tmp_path, reference, shared_dat
         keep_checkpoints=3,
     )
     out = Path(config.out)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # the same intra-op thread count as the in-process runs: another count sums in another order (~2e-5)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(torch.get_num_threads())}
     proc = subprocess.Popen(
         [sys.executable, "-m", "train.retrain", *cli_args(config)],
         cwd=REPO,

@@ -16,13 +16,21 @@ SPEED_RANGE = (0.9, 1.1)  # resampling factor (changes tempo and pitch together)
 SAMPLE_RATE = 16_000
 
 
-def add_noise(wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """wave (B, N) -> wave + white noise at a random SNR per row."""
+def add_noise(
+    wave: torch.Tensor, generator: torch.Generator | None = None, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """wave (B, N) -> wave + white noise at a random SNR per row. With lengths (B,) the rows are zero-padded
+    clips: the SNR is taken over each clip's own samples and the padding stays zero."""
     lo, hi = NOISE_SNR_DB
     snr = lo + (hi - lo) * torch.rand(wave.shape[0], 1, device=wave.device, generator=generator)
-    power = wave.pow(2).mean(dim=1, keepdim=True).clamp_min(1e-10)
     noise = torch.randn(wave.shape, device=wave.device, generator=generator)
-    return wave + noise * torch.sqrt(power / 10 ** (snr / 10))
+    if lengths is None:
+        power = wave.pow(2).mean(dim=1, keepdim=True)
+    else:
+        valid = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        power = wave.pow(2).sum(dim=1, keepdim=True) / lengths.clamp_min(1)[:, None]
+        noise = noise * valid
+    return wave + noise * torch.sqrt(power.clamp_min(1e-10) / 10 ** (snr / 10))
 
 
 def time_shift(wave: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -44,6 +52,22 @@ def random_speed(waves: list[torch.Tensor], generator: torch.Generator | None = 
     return [change_speed(w, f) for w, f in zip(waves, factors)]
 
 
+def speed_and_shift(clips: list, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+    """The per-clip half of waveform augmentation (random speed, then a circular shift) on the CPU: work a
+    loader thread does while the GPU trains; noise follows on the padded batch (add_noise with lengths)."""
+    waves = random_speed([torch.as_tensor(c, dtype=torch.float32).reshape(-1) for c in clips], generator=generator)
+    return [time_shift(w.unsqueeze(0), generator=generator)[0] for w in waves]
+
+
+def noisy_views(
+    host: torch.Tensor, lengths: torch.Tensor, device: torch.device, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """A padded host batch (B, N) -> on device, noise added inside each clip -> per-clip 1-D views."""
+    wave = host.to(device, non_blocking=True)
+    wave = add_noise(wave, generator=generator, lengths=lengths.to(device))
+    return [wave[i, :n] for i, n in enumerate(lengths.tolist())]
+
+
 def spec_augment(
     mel: torch.Tensor,
     freq_masks: int = 2,
@@ -52,20 +76,21 @@ def spec_augment(
     time_frac: float = 0.08,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """SpecAugment on log-mel (B, n_mels, T): zero-mean-ish masks filled with each row's mean."""
-    out = mel.clone()
-    b, n_mels, t = out.shape
-    fill = out.mean(dim=(1, 2))
-    for i in range(b):
-        for _ in range(freq_masks):
-            w = int(torch.randint(0, freq_width + 1, (1,), generator=generator))
-            f0 = int(torch.randint(0, max(1, n_mels - w), (1,), generator=generator))
-            out[i, f0 : f0 + w, :] = fill[i]
-        for _ in range(time_masks):
-            w = int(torch.randint(0, max(1, int(time_frac * t)) + 1, (1,), generator=generator))
-            t0 = int(torch.randint(0, max(1, t - w), (1,), generator=generator))
-            out[i, :, t0 : t0 + w] = fill[i]
-    return out
+    """SpecAugment on log-mel (B, n_mels, T): masks filled with each row's mean. The mask bounds are drawn on
+    the CPU (generator: a CPU one) and applied in one pass on mel's device, not a kernel per mask."""
+    b, n_mels, t = mel.shape
+    fw = torch.randint(0, freq_width + 1, (b, freq_masks), generator=generator)
+    f0 = (torch.rand(b, freq_masks, generator=generator) * (n_mels - fw).clamp_min(1)).long()
+    tw = torch.randint(0, max(1, int(time_frac * t)) + 1, (b, time_masks), generator=generator)
+    t0 = (torch.rand(b, time_masks, generator=generator) * (t - tw).clamp_min(1)).long()
+
+    def spans(start: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+        pos = torch.arange(size).view(1, 1, size)
+        return ((pos >= start[..., None]) & (pos < (start + width)[..., None])).any(dim=1)  # (B, size)
+
+    mask = spans(f0, fw, n_mels)[:, :, None] | spans(t0, tw, t)[:, None, :]
+    fill = mel.mean(dim=(1, 2), keepdim=True)
+    return torch.where(mask.to(mel.device, non_blocking=True), fill, mel)
 
 
 def augment_faces(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from backend.branches import speech_forward_batched
 from backend.model import build_model
 from backend.model_config import EmotionConfig
+from backend.speech import pad_on_host
 from train import augment
 from train.corpora import SPEECH_DEV_ACTORS, SPEECH_TRAIN_ACTORS, ravdess
 from train.fit_common import BestTracker, Timer, branch_tensors, dev_summary, save_branch
@@ -54,15 +55,10 @@ def load_clips(examples: list) -> list[np.ndarray]:
     return clips
 
 
-def augmented_batch(clips: list[np.ndarray], gen: torch.Generator, device: torch.device) -> list[np.ndarray]:
+def augmented_batch(clips: list[np.ndarray], gen: torch.Generator, device: torch.device) -> list[torch.Tensor]:
     """Speed, shift and noise on the waveform (the SpecAugment masks come later, on the log-mel)."""
-    waves = augment.random_speed([torch.from_numpy(c) for c in clips], generator=gen)
-    out = []
-    for w in waves:
-        w = w.to(device).unsqueeze(0)
-        w = augment.add_noise(augment.time_shift(w, generator=gen), generator=None)
-        out.append(w[0])
-    return out
+    host, lengths = pad_on_host(augment.speed_and_shift(clips, gen), pin=device.type == "cuda")
+    return augment.noisy_views(host, lengths, device)
 
 
 def speech_states(model, waves: list[torch.Tensor], gen: torch.Generator, train_encoder: bool):

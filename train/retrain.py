@@ -30,14 +30,21 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, set_seed
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    DistributedDataParallelKwargs,
+    GradientAccumulationPlugin,
+    set_seed,
+)
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -51,7 +58,16 @@ from train.corpora import CorpusError, shared_data_dir
 from train.corrections import CorrectionItem, load_corrections, split, summarize
 from train.metrics import classification_report
 from train.replay import ReplayPool
-from train.retrain_step import LossConfig, RetrainNet, build_inputs, fused_probs, retrain_loss
+from train.retrain_step import (
+    HostBatch,
+    LossConfig,
+    RetrainNet,
+    build_inputs,
+    fused_probs,
+    prepare_batch,
+    retrain_loss,
+    to_device,
+)
 from train.run_files import JsonLog, checkpoint_step, last_checkpoint, save_checkpoint, trainable_only
 
 log = logging.getLogger(__name__)
@@ -101,6 +117,7 @@ class RetrainConfig:
     min_eval_votes: int = 2
     holdout: float = 0.2
     max_seconds: float = 12.0
+    loader_workers: int = -1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     stop_after_steps: int = 0
@@ -131,6 +148,7 @@ HELP = {
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
     "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
     "max_seconds": "training crop of long recordings",
+    "loader_workers": "threads that build batches ahead of the training step (-1 = up to 4 by CPU count, 0 = none)",
     "checkpoint_every": "save a checkpoint every N steps (0 = never)",
     "stop_after_steps": "stop after N steps without finishing (to test --resume)",
     "resume": "continue from the last complete checkpoint in --out",
@@ -185,7 +203,11 @@ def make_accelerator(config: RetrainConfig) -> Accelerator:
     return Accelerator(
         cpu=config.cpu,
         mixed_precision=precision,
-        gradient_accumulation_steps=config.grad_accum,
+        # the loaders run ahead of the step, so accelerate's "last batch of the loader" is seen early: sync every
+        # grad_accum steps instead (an epoch's last partial group carries into the next epoch)
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=config.grad_accum, sync_with_dataloader=False
+        ),
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=config.replay_per_batch == 0)],
     )
@@ -288,15 +310,48 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def train_step(loop: Loop, indices: torch.Tensor, step: int) -> dict:
+def host_batch(loop: Loop, indices: torch.Tensor, step: int) -> HostBatch:
+    """The CPU side of a step (runs in a loader thread): its corrections, replay draws, augmented media."""
     a, cfg = loop.accelerator, loop.config
     seed = step_seed(cfg.seed, step, a.process_index)
-    torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rows = [loop.data.train[i] for i in indices.tolist()]
     for branch in loop.data.branches:
         rows += loop.data.pool.sample(branch, cfg.replay_per_batch, rng)
-    inputs, targets = build_inputs(rows, loop.data.branches, a.device, seed, cfg.max_seconds)
+    return prepare_batch(rows, loop.data.branches, seed, cfg.max_seconds, pin=a.device.type == "cuda")
+
+
+def loader_workers(config: RetrainConfig) -> int:
+    if config.loader_workers >= 0:
+        return config.loader_workers
+    return min(4, max(1, (os.cpu_count() or 2) - 1))
+
+
+def host_batches(loop: Loop, batches: Iterable[torch.Tensor], step: int) -> Iterator[HostBatch]:
+    """Each step's HostBatch in order, built by a pool of threads up to 2 x workers steps ahead of the GPU (the
+    decoding, cropping and resampling release the GIL), so data loading does not stall training."""
+    workers = loader_workers(loop.config)
+    if workers == 0:
+        for i, indices in enumerate(batches):
+            yield host_batch(loop, indices, step + i)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="retrain-loader")
+    pending: deque[Future] = deque()
+    try:
+        for i, indices in enumerate(batches):
+            pending.append(pool.submit(host_batch, loop, indices, step + i))
+            if len(pending) > 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_step(loop: Loop, batch: HostBatch) -> dict:
+    a, cfg = loop.accelerator, loop.config
+    torch.manual_seed(batch.seed)  # dropout: the same on a resumed run
+    inputs, targets = to_device(batch, a.device)
     with a.accumulate(loop.net):
         out = loop.net(inputs)
         loss, parts, z, labels = retrain_loss(out, targets, loop.memory, loop.loss)
@@ -384,33 +439,61 @@ def resume_step(loop: Loop, out: Path) -> int:
     return checkpoint_step(checkpoint)
 
 
+@dataclass
+class StepClock:
+    """Seconds the loop waited for a batch from the loaders vs seconds in training steps (which end in a sync,
+    loss.item()): waiting near zero means data loading is not the bottleneck."""
+
+    wait: float = 0.0
+    steps: float = 0.0
+
+    def figures(self) -> dict:
+        return {"data_wait_s": round(self.wait, 3), "step_s": round(self.steps, 3)}
+
+
 def run_epochs(
     loop: Loop, train_dl: DataLoader, eval_dl: DataLoader | None, step: int, jlog: JsonLog
-) -> tuple[int, dict | None, bool]:
-    """Train from `step` (mid-epoch after a resume) to the end; returns (step, last held-out figures, stopped early)."""
+) -> tuple[int, dict | None, bool, StepClock]:
+    """Train from `step` (mid-epoch after a resume) to the end.
+
+    Returns (step, last held-out figures, stopped early, time waited for data vs spent in steps).
+    """
     a, cfg, out = loop.accelerator, loop.config, Path(loop.config.out)
     per_epoch = len(train_dl)
     bar = tqdm(total=cfg.epochs * per_epoch, initial=step, desc="retrain", disable=not a.is_local_main_process)
-    holdout = None
+    holdout, clock, since = None, StepClock(), StepClock()
     loop.net.train()
     for epoch in range(step // per_epoch, cfg.epochs):
         train_dl.set_epoch(epoch)
         skip = step - epoch * per_epoch
-        for indices in a.skip_first_batches(train_dl, skip) if skip else train_dl:
-            parts = train_step(loop, indices, step)
+        batches = host_batches(loop, a.skip_first_batches(train_dl, skip) if skip else train_dl, step)
+        while True:
+            t0 = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                break
+            t1 = time.perf_counter()
+            parts = train_step(loop, batch)
+            t2 = time.perf_counter()
+            for c in (clock, since):
+                c.wait, c.steps = c.wait + t1 - t0, c.steps + t2 - t1
             step += 1
             bar.update(1)
             if step % cfg.log_every == 0 or step == 1:
-                jlog.write({"step": step, "epoch": epoch, "lr": loop.scheduler.get_last_lr()[0], **parts})
+                jlog.write(
+                    {"step": step, "epoch": epoch, "lr": loop.scheduler.get_last_lr()[0], **parts, **since.figures()}
+                )
+                since = StepClock()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step % cfg.grad_accum == 0:
                 save_checkpoint(a, out, step, cfg.keep_checkpoints)
             if cfg.stop_after_steps and step >= cfg.stop_after_steps:
+                batches.close()
                 bar.close()
-                return step, holdout, True
+                return step, holdout, True, clock
         holdout = evaluate_holdout(loop, eval_dl)
         jlog.write({"event": "epoch", "epoch": epoch, "step": step, "holdout": holdout})
     bar.close()
-    return step, holdout, False
+    return step, holdout, False, clock
 
 
 def train(config: RetrainConfig) -> dict:
@@ -431,7 +514,7 @@ def train(config: RetrainConfig) -> dict:
     data = {"train": summarize(loop.data.train), "held": len(loop.data.held), "branches": list(loop.data.branches)}
     where = {"processes": accelerator.num_processes, "precision": accelerator.mixed_precision}
     jlog.write({"event": "start", "step": step, **where, **data})
-    step, holdout, stopped = run_epochs(loop, train_dl, eval_dl, step, jlog)
+    step, holdout, stopped, clock = run_epochs(loop, train_dl, eval_dl, step, jlog)
     if stopped:
         return {"stopped": True, "step": step}
     if holdout is None:  # resumed from the very last step: no epoch ended in this process
@@ -447,6 +530,7 @@ def train(config: RetrainConfig) -> dict:
         **where,
         "replicas_in_sync": replicas_agree(accelerator, loop.params),
         "seconds": round(time.perf_counter() - start, 2),
+        "loop": {"loader_workers": loader_workers(config), **clock.figures()},
         "challenger": str(out / "challenger"),
     }
     if accelerator.is_main_process:

@@ -19,11 +19,11 @@ from torch import nn
 from backend.branches import face_forward, text_forward
 from backend.labels import NUM_LABELS
 from backend.model import EmotionModel
+from backend.speech import pad_on_host
 from backend.types import SAMPLE_RATE
 from train import augment
 from train.contrastive import ClassMemory, soft_cross_entropy, supcon_loss, unlikelihood_loss
 from train.corrections import CorrectionItem
-from train.fit_speech import augmented_batch
 
 WHISPER_SECONDS = 30.0  # the encoder's window: evaluation crops longer clips to it
 
@@ -36,6 +36,9 @@ class Targets:
     weight: torch.Tensor
     negative: torch.Tensor
     owner: torch.Tensor
+
+
+TARGET_FIELDS = ("target", "weight", "negative", "owner")
 
 
 @dataclass
@@ -102,19 +105,33 @@ def crop(audio: np.ndarray, seconds: float, rng: np.random.Generator | None) -> 
     return audio[start : start + size]
 
 
-def build_inputs(
+@dataclass
+class HostBatch:
+    """A step's data as a loader thread leaves it, all on the CPU: zero-padded waveforms (B, N) (pinned for
+    CUDA) with lengths, texts, face crops (B, 1, 48, 48), targets; seed: training (the device half of the
+    augmentation, noise and SpecAugment, draws from it), None: evaluation."""
+
+    targets: dict[str, Targets]
+    speech: torch.Tensor | None = None
+    lengths: torch.Tensor | None = None
+    text: list[str] | None = None
+    face: torch.Tensor | None = None
+    seed: int | None = None
+
+
+def prepare_batch(
     rows: list[CorrectionItem],
     branches: tuple[str, ...],
-    device: torch.device,
     seed: int | None = None,
     max_seconds: float = WHISPER_SECONDS,
-) -> tuple[dict, dict[str, Targets]]:
-    """Net inputs and targets for the rows' branches. seed given: training (augmentation drawn from it)."""
+    pin: bool = False,
+) -> HostBatch:
+    """The CPU half of a step: crops, speed and shift per clip, face jitter, padding, targets. A pure function
+    of (rows, seed), so loader threads can build batches ahead of the GPU and a resumed run rebuilds them."""
     train = seed is not None
     gen = torch.Generator().manual_seed(seed) if train else None
     rng = np.random.default_rng(seed) if train else None
-    inputs: dict = {}
-    targets: dict[str, Targets] = {}
+    batch = HostBatch(targets={}, seed=seed)
     for m in branches:
         owners = [i for i, r in enumerate(rows) if m in r.modalities]
         if not owners:
@@ -122,24 +139,55 @@ def build_inputs(
         chosen = [rows[i] for i in owners]
         if m == "speech":
             clips = [crop(r.audio, max_seconds if train else WHISPER_SECONDS, rng) for r in chosen]
-            if train:
-                inputs["speech"] = augmented_batch(clips, gen, device)
-                inputs["mel_transform"] = functools.partial(augment.spec_augment, generator=gen)
-            else:
-                inputs["speech"] = [torch.from_numpy(np.asarray(c, dtype=np.float32)).to(device) for c in clips]
+            batch.speech, batch.lengths = pad_on_host(augment.speed_and_shift(clips, gen) if train else clips, pin)
         elif m == "text":
-            inputs["text"] = [r.text for r in chosen]
+            batch.text = [r.text for r in chosen]
         else:
             picks = [int(rng.integers(len(r.faces))) if train else 0 for r in chosen]
-            faces = torch.from_numpy(np.stack([r.faces[k] for r, k in zip(chosen, picks)])).unsqueeze(1).to(device)
-            inputs["face"] = augment.augment_faces(faces, generator=gen) if train else faces
-        targets[m] = Targets(
-            target=torch.from_numpy(np.stack([r.target for r in chosen])).float().to(device),
-            weight=torch.tensor([r.weight for r in chosen], dtype=torch.float32, device=device),
-            negative=torch.tensor([r.negative for r in chosen], dtype=torch.long, device=device),
-            owner=torch.tensor(owners, dtype=torch.long, device=device),
+            faces = torch.from_numpy(np.stack([r.faces[k] for r, k in zip(chosen, picks)])).unsqueeze(1)
+            batch.face = augment.augment_faces(faces, generator=gen) if train else faces
+        batch.targets[m] = Targets(
+            target=torch.from_numpy(np.stack([r.target for r in chosen])).float(),
+            weight=torch.tensor([r.weight for r in chosen], dtype=torch.float32),
+            negative=torch.tensor([r.negative for r in chosen], dtype=torch.long),
+            owner=torch.tensor(owners, dtype=torch.long),
         )
+    return batch
+
+
+def to_device(batch: HostBatch, device: torch.device) -> tuple[dict, dict[str, Targets]]:
+    """The device half: one copy of each tensor, then (training) noise inside each clip and SpecAugment on the
+    log-mel, drawn from the batch's seed. Returns the net's inputs and the targets."""
+    inputs: dict = {}
+    if batch.speech is not None:
+        if batch.seed is None:
+            wave = batch.speech.to(device, non_blocking=True)
+            inputs["speech"] = [wave[i, :n] for i, n in enumerate(batch.lengths.tolist())]
+        else:
+            noise = torch.Generator(device=device).manual_seed(batch.seed)
+            inputs["speech"] = augment.noisy_views(batch.speech, batch.lengths, device, noise)
+            masks = torch.Generator().manual_seed(batch.seed + 1)
+            inputs["mel_transform"] = functools.partial(augment.spec_augment, generator=masks)
+    if batch.text is not None:
+        inputs["text"] = batch.text
+    if batch.face is not None:
+        inputs["face"] = batch.face.to(device, non_blocking=True)
+    targets = {
+        m: Targets(*(getattr(t, f).to(device, non_blocking=True) for f in TARGET_FIELDS))
+        for m, t in batch.targets.items()
+    }
     return inputs, targets
+
+
+def build_inputs(
+    rows: list[CorrectionItem],
+    branches: tuple[str, ...],
+    device: torch.device,
+    seed: int | None = None,
+    max_seconds: float = WHISPER_SECONDS,
+) -> tuple[dict, dict[str, Targets]]:
+    """Net inputs and targets for the rows' branches, in one go. seed given: training (augmentation drawn from it)."""
+    return to_device(prepare_batch(rows, branches, seed, max_seconds, pin=device.type == "cuda"), device)
 
 
 def retrain_loss(
@@ -170,14 +218,20 @@ def retrain_loss(
 def fused_probs(
     out: dict[str, tuple[torch.Tensor, torch.Tensor]], targets: dict[str, Targets], model: EmotionModel, n: int
 ) -> torch.Tensor:
-    """Calibrated branch probabilities fused by the model's gate, per item: (n, 7) (uniform where nothing ran)."""
+    """Calibrated branch probabilities fused by the model's gate, per item: (n, 7) (uniform where nothing ran).
+    Items with the same set of modalities go through the gate together."""
     gate = model.heads.gate
-    probs = {m: torch.full((n, NUM_LABELS), float("nan"), device=gate.bias.device) for m in out}
-    for m, (logits, _) in out.items():
+    device = gate.bias.device
+    probs, present = {}, torch.zeros(n, len(out), dtype=torch.bool, device=device)
+    for j, (m, (logits, _)) in enumerate(out.items()):
+        probs[m] = torch.zeros(n, NUM_LABELS, device=device)
         probs[m][targets[m].owner] = gate.calibrated(logits, m)
-    fused = torch.full((n, NUM_LABELS), 1.0 / NUM_LABELS, device=gate.bias.device)
-    for i in range(n):
-        present = {m: p[i : i + 1] for m, p in probs.items() if not torch.isnan(p[i, 0])}
-        if present:
-            fused[i] = gate(present)[0][0]
+        present[targets[m].owner, j] = True
+    fused = torch.full((n, NUM_LABELS), 1.0 / NUM_LABELS, device=device)
+    names = list(out)
+    for combo in torch.unique(present, dim=0).tolist():
+        if not any(combo):
+            continue
+        rows = (present == torch.tensor(combo, device=device)).all(dim=1)
+        fused[rows] = gate({m: probs[m][rows] for m, on in zip(names, combo) if on})[0]
     return fused
