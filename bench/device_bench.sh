@@ -5,6 +5,8 @@
 #   bash bench/device_bench.sh infer        bench/inference.py on CUDA (needs parts p1 + a)  -> $OUT/infer_gpu.json
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
+#   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
+#                                           then a short profiled run (needs p1, a, p3) -> $OUT
 set -uo pipefail
 STASH=/root/stash
 setup() {
@@ -38,4 +40,13 @@ case "$1" in
       --out /tmp/trainbench --corrections 1000 2>&1 | grep -v 'it/s\]' | tee "$OUT/train_bench.log"
     timeout 240 python3 bench/retrain_gain.py --model /root/model --data "$STASH/data" --out /tmp/gain 2>&1 \
       | grep -v 'it/s\]' | tee "$OUT/retrain_gain.log" ;;
+  train2)
+    setup
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    for w in ${WORKERS:-0 -1}; do
+      timeout 200 python3 bench/train.py --model /root/model --data "$STASH/data" --out "/tmp/tb$w" --corrections 1000 \
+        --loader-workers "$w" 2>&1 | grep -v 'it/s\]' | tee "$OUT/train_workers$w.log"
+    done
+    timeout 150 python3 bench/train.py --model /root/model --data "$STASH/data" --out /tmp/tbprof --corrections 300 \
+      --epochs 1 --profile > "$OUT/train_profile.log" 2>&1; tail -c 9000 "$OUT/train_profile.log" ;;
 esac

@@ -414,7 +414,8 @@ def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLo
         finally:
             store.close()
     groups = trainable_groups(model, data.branches, config)
-    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    fused = accelerator.device.type == "cuda"  # one kernel for all parameters, not a few per tensor
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
     scheduler = warmup_cosine(optimizer, config.epochs * math.ceil(len(train_dl) / config.grad_accum), config.warmup)
     memory = ClassMemory(NUM_LABELS, config.queue_size, model.config.proj_dim).to(accelerator.device)
     prepared = accelerator.prepare(RetrainNet(model), optimizer, train_dl, scheduler, *([eval_dl] if eval_dl else []))
