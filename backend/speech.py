@@ -198,6 +198,7 @@ def encoder_hidden_states(
     audio: Audio,
     trim: bool = True,
     mel_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    frame_multiple: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All encoder hidden states (B, num_layers + 1, T', D) and a bool mask (B, T') of frames inside each clip.
 
@@ -206,10 +207,12 @@ def encoder_hidden_states(
     one is after the final layer norm (as transformers returns them). No torch.no_grad here: callers
     that fine-tune get gradients. mel_transform (Whisper only, e.g. SpecAugment for training) maps the
     float32 log-mel (B, n_mels, T) to the same shape before the encoder; SSL encoders ignore it (they
-    mask time steps themselves when their config asks for it).
+    mask time steps themselves when their config asks for it). frame_multiple (Whisper, trim=True, even):
+    round the padded length up to a multiple of this many mel frames, so training batches of every length
+    fall into a few shapes and cuBLAS / cuDNN reuse their plans (100 = 1 s buckets).
     """
     if backbone.kind == "whisper":
-        return _whisper_states(backbone, audio, trim, mel_transform)
+        return _whisper_states(backbone, audio, trim, mel_transform, frame_multiple)
     return _ssl_states(backbone, audio)
 
 
@@ -218,7 +221,9 @@ def _whisper_states(
     audio: Audio,
     trim: bool,
     mel_transform: Callable[[torch.Tensor], torch.Tensor] | None,
+    frame_multiple: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    assert frame_multiple > 0 and frame_multiple % 2 == 0, f"frame_multiple must be even, got {frame_multiple}"
     encoder = backbone.model.get_encoder()
     wave, lengths = _pad_batch(audio, backbone.device)
     longest = wave.shape[1]
@@ -227,7 +232,7 @@ def _whisper_states(
     frames = N_FRAMES
     if trim:
         frames = max(MIN_FRAMES, math.ceil(longest / HOP_LENGTH))
-        frames = min(N_FRAMES, frames + frames % 2)
+        frames = min(N_FRAMES, math.ceil(frames / frame_multiple) * frame_multiple)
     wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - longest))
     mel = log_mel(wave, encoder.config.num_mel_bins)
     if mel_transform is not None:

@@ -7,6 +7,7 @@
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
+#   bash bench/device_bench.sh train3       bench/train.py: length buckets off / on, then batch 64 + 64 replay
 set -uo pipefail
 STASH=/root/stash
 setup() {
@@ -49,4 +50,11 @@ case "$1" in
     done
     timeout 150 python3 bench/train.py --model /root/model --data "$STASH/data" --out /tmp/tbprof --corrections 300 \
       --epochs 1 --profile > "$OUT/train_profile.log" 2>&1; tail -c 9000 "$OUT/train_profile.log" ;;
+  train3)  # length buckets off vs on, and 4x the batch
+    setup
+    run() { timeout 200 python3 bench/train.py --model /root/model --data "$STASH/data" --corrections 1000 "$@" 2>&1 \
+      | grep -v 'it/s\]' | python3 -c "import sys, json; t = sys.stdin.read(); print(t[t.index('{'):])"; }
+    run --out /tmp/t0 --bucket-seconds 0 | tee "$OUT/train_bucket0.json"
+    run --out /tmp/t1 --bucket-seconds 1 | tee "$OUT/train_bucket1.json"
+    run --out /tmp/t2 --bucket-seconds 1 --batch-size 64 --replay-per-batch 64 | tee "$OUT/train_batch128.json" ;;
 esac

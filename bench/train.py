@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--replay-per-batch", type=int, default=16)
     p.add_argument("--loader-workers", type=int, default=-1, help="0 = build batches inside the loop (the old way)")
+    p.add_argument("--bucket-seconds", type=float, default=1.0, help="0 = pad each batch to its longest clip")
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--profile", action="store_true", help="run under torch.profiler; tables of the top ops to stderr")
     args = p.parse_args(argv)
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
         gate=False,
         cpu=args.cpu,
         loader_workers=args.loader_workers,
+        bucket_seconds=args.bucket_seconds,
     )
     with GpuMonitor() as gpu, profiled(args.profile) as prof:
         start_wall = time.time()
@@ -173,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         "epochs": args.epochs,
         "steps": result["step"],
         "rows_per_step": args.batch_size + args.replay_per_batch,
+        "bucket_seconds": args.bucket_seconds,
         "precision": result.get("precision"),
         "samples_per_s_loop": rows / loop_s,
         "loader": result.get("loop"),  # workers; seconds the loop waited for data vs spent in steps

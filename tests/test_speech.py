@@ -77,6 +77,14 @@ def test_trimmed_states_have_clip_lengths_and_masks(tiny):
     assert mask[0, :50].all() and not mask[0, 50:].any()
 
 
+def test_bucketed_batches_pad_to_whole_seconds_with_the_same_mask(tiny):
+    states, mask = speech.encoder_hidden_states(tiny, [tone(1.0), tone(2.3)], frame_multiple=100)
+    assert states.shape[2] == 150  # 2.3 s -> 230 mel frames -> padded to 300 -> 150 encoder frames
+    assert mask.sum(1).tolist() == [50, 115]
+    with pytest.raises(AssertionError, match="even"):
+        speech.encoder_hidden_states(tiny, [tone(1.0)], frame_multiple=25)
+
+
 def test_short_batch_is_padded_to_min_frames(tiny):
     states, mask = speech.encoder_hidden_states(tiny, [tone(0.2)])
     assert states.shape[2] == speech.MIN_FRAMES // 2 and mask.sum().item() == 10

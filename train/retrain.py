@@ -117,6 +117,7 @@ class RetrainConfig:
     min_eval_votes: int = 2
     holdout: float = 0.2
     max_seconds: float = 12.0
+    bucket_seconds: float = 1.0
     loader_workers: int = -1
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
@@ -148,6 +149,7 @@ HELP = {
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
     "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
     "max_seconds": "training crop of long recordings",
+    "bucket_seconds": "pad each speech batch to a multiple of this (few shapes: GPU kernels keep their plans; 0 = to its longest clip)",
     "loader_workers": "threads that build batches ahead of the training step (-1 = up to 4 by CPU count, 0 = none)",
     "checkpoint_every": "save a checkpoint every N steps (0 = never)",
     "stop_after_steps": "stop after N steps without finishing (to test --resume)",
@@ -352,6 +354,7 @@ def train_step(loop: Loop, batch: HostBatch) -> dict:
     a, cfg = loop.accelerator, loop.config
     torch.manual_seed(batch.seed)  # dropout: the same on a resumed run
     inputs, targets = to_device(batch, a.device)
+    inputs["frame_multiple"] = max(2, 2 * round(cfg.bucket_seconds * 50))  # 100 mel frames a second, even
     with a.accumulate(loop.net):
         out = loop.net(inputs)
         loss, parts, z, labels = retrain_loss(out, targets, loop.memory, loop.loss)

@@ -64,7 +64,7 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 class RetrainNet(nn.Module):
     """The trainable path of an EmotionModel as one module, so accelerate's DDP wrapper averages the gradients
     of heads and adapters (a training adapter: unlike the model's own modules it takes media lists). Input: a dict with "speech" (list of 1-D waveform tensors, plus an optional
-    "mel_transform"), "text" (list of strings), "face" (crops (B, 1, 48, 48)); output: modality -> (logits (B, 7),
+    "mel_transform" and "frame_multiple"), "text" (list of strings), "face" (crops (B, 1, 48, 48)); output: modality -> (logits (B, 7),
     projection (B, P))."""
 
     def __init__(self, model: EmotionModel) -> None:
@@ -83,7 +83,11 @@ class RetrainNet(nn.Module):
         heads, out = self.model.heads, {}
         if "speech" in inputs:
             states, mask = encoder_hidden_states(
-                self.model.speech, inputs["speech"], self.model.config.speech_trim, inputs.get("mel_transform")
+                self.model.speech,
+                inputs["speech"],
+                self.model.config.speech_trim,
+                inputs.get("mel_transform"),
+                inputs.get("frame_multiple", 2),
             )
             head = heads.speech_head
             out["speech"] = head(states.to(next(head.parameters()).dtype), mask)
