@@ -165,7 +165,8 @@ def resolve_model_folder(name: str) -> Path:
 def avoid_cudnn_attention(device: str | torch.device) -> None:
     """On CUDA, scaled-dot-product attention without the cuDNN kernel: it builds a plan for every new sequence
     length (11-13 ms of CPU per attention call on the H100, `bench/train.py --profile`), and clips and texts
-    come in every length. Flash / memory-efficient attention need no plan. Process-wide, as torch's switch is."""
+    come in every length. Flash / memory-efficient attention need no plan; they are ~10% slower on bulk batches
+    of one length (bench/RESULTS.md), where EMO_CUDNN_ATTENTION=1 keeps cuDNN. Process-wide, as torch's switch is."""
     if torch.device(device).type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
         log.info("cuDNN attention off: variable-length batches would rebuild its plan on every new length")
@@ -187,13 +188,15 @@ def build_model(
     """
     if not load_backbones:
         return EmotionModel(config)
-    avoid_cudnn_attention(device)
     from backend.lexicon import LEXICON_FEATURES, load_lexicon
     from backend.settings import load_settings
     from backend.speech import load_speech_backbone
     from backend.text import load_text_backbone
 
-    cache = Path(cache or load_settings().cache)
+    settings = load_settings()
+    if not settings.cudnn_attention:
+        avoid_cudnn_attention(device)
+    cache = Path(cache or settings.cache)
     speech = text = lexicon = None
     if "speech" in modalities:
         speech = load_speech_backbone(config.speech_backbone, cache, device=device)

@@ -56,3 +56,19 @@ def test_unknown_model_gives_clear_error(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="not a model folder"):
         resolve_model_folder(str(tmp_path / "empty"))
+
+
+def test_cuda_models_leave_cudnn_attention_off_unless_asked(monkeypatch) -> None:
+    """cuDNN attention plans per sequence length: a CUDA model switches it off; CPU and EMO_CUDNN_ATTENTION=1 don't."""
+    import torch
+
+    from backend.model import avoid_cudnn_attention
+
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        avoid_cudnn_attention("cpu")
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        avoid_cudnn_attention("cuda:0")
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)
