@@ -32,15 +32,16 @@ def text_examples(shared: Path, n: int, seed: int = 0) -> list[Example]:
     return [texts[i] for i in sorted(rng.choice(len(texts), size=n, replace=False))]
 
 
-def add_speech(store: Store, example: Example, uploader: str | None = None) -> str:
-    """The clip as the app keeps it: 16 kHz 16-bit wav, with consent."""
+def add_speech(store: Store, example: Example, uploader: str | None = None, text: str | None = None) -> str:
+    """The clip as the app keeps it: 16 kHz 16-bit wav, with consent (and the text typed with it, if any)."""
     audio = load_clips([example])[0]
     return store.add_clip(
         encode_wav(audio),
         ext=".wav",
-        modalities=["speech"],
+        modalities=["speech", "text"] if text else ["speech"],
         duration=len(audio) / 16_000,
         consent=True,
+        text=text,
         uploader=uploader,
     )
 

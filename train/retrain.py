@@ -64,6 +64,7 @@ from train.retrain_step import (
     RetrainNet,
     build_inputs,
     fused_probs,
+    fusion_loss,
     prepare_batch,
     retrain_loss,
     to_device,
@@ -111,6 +112,7 @@ class RetrainConfig:
     negative_weight: float = 0.5
     temperature: float = 0.1
     hard_weight: float = 1.0
+    fusion_weight: float = 1.0
     queue_size: int = 64
     soft_mix: float = 0.5
     min_votes: int = 1
@@ -146,6 +148,7 @@ HELP = {
     "replay_per_batch": "base-corpus examples per trained branch in every batch",
     "replay_limit": "use a fixed subset of N replay examples per branch (0 = all)",
     "correction_weight": "scale of a correction's loss relative to a replayed example",
+    "fusion_weight": "weight of the fused-prediction loss that trains the gate on multimodal corrections",
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
     "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
     "max_seconds": "training crop of long recordings",
@@ -222,6 +225,11 @@ class RetrainData:
     branches: tuple[str, ...]
     pool: ReplayPool
 
+    @property
+    def fuse(self) -> bool:
+        """Whether the gate trains: some correction has two or more modalities (replay never has)."""
+        return any(len(it.modalities) >= 2 for it in self.train)
+
 
 def read_corrections(config: RetrainConfig, store: Store, settings: Settings) -> tuple[list, list]:
     """(training items, held-out trusted items); a resumed run reuses its manifest so the data stay the same."""
@@ -266,10 +274,13 @@ def get_dataloaders(
     return train_dl, eval_dl, RetrainData(train_items, held, branches, pool)
 
 
-def trainable_groups(model: EmotionModel, branches: tuple[str, ...], config: RetrainConfig) -> list[dict]:
-    """Freeze everything, then unfreeze heads, projections and existing LoRA adapters of the given branches."""
+def trainable_groups(
+    model: EmotionModel, branches: tuple[str, ...], config: RetrainConfig, fuse: bool = False
+) -> list[dict]:
+    """Freeze everything, then unfreeze heads, projections and existing LoRA adapters of the given branches
+    (and the fusion gate's weights with fuse)."""
     model.requires_grad_(False)
-    prefixes = tuple(p for b in branches for p in BRANCH_PREFIXES[b])
+    prefixes = tuple(p for b in branches for p in BRANCH_PREFIXES[b]) + (("heads.gate.",) if fuse else ())
     heads, adapters = [], []
     for name, param in model.named_parameters():
         adapter = ".lora_" in name
@@ -358,6 +369,10 @@ def train_step(loop: Loop, batch: HostBatch) -> dict:
     with a.accumulate(loop.net):
         out = loop.net(inputs)
         loss, parts, z, labels = retrain_loss(out, targets, loop.memory, loop.loss)
+        if loop.data.fuse:
+            fused = fusion_loss(out, targets, a.unwrap_model(loop.net).model, batch.rows)
+            loss = loss + cfg.fusion_weight * fused
+            parts["fusion"] = fused.item()
         a.backward(loss)
         if a.sync_gradients and cfg.max_grad_norm:
             a.clip_grad_norm_(loop.params, cfg.max_grad_norm)
@@ -416,7 +431,7 @@ def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLo
             train_dl, eval_dl, data = get_dataloaders(config, store, accelerator)
         finally:
             store.close()
-    groups = trainable_groups(model, data.branches, config)
+    groups = trainable_groups(model, data.branches, config, data.fuse)
     fused = accelerator.device.type == "cuda"  # one kernel for all parameters, not a few per tensor
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
     scheduler = warmup_cosine(optimizer, config.epochs * math.ceil(len(train_dl) / config.grad_accum), config.warmup)
@@ -515,7 +530,12 @@ def train(config: RetrainConfig) -> dict:
     loop, train_dl, eval_dl, model = setup(config, accelerator)
     step = resume_step(loop, out)
     jlog = JsonLog(out / LOG_FILE, accelerator.is_main_process)
-    data = {"train": summarize(loop.data.train), "held": len(loop.data.held), "branches": list(loop.data.branches)}
+    data = {
+        "train": summarize(loop.data.train),
+        "held": len(loop.data.held),
+        "branches": list(loop.data.branches),
+        "gate_trained": loop.data.fuse,
+    }
     where = {"processes": accelerator.num_processes, "precision": accelerator.mixed_precision}
     jlog.write({"event": "start", "step": step, **where, **data})
     step, holdout, stopped, clock = run_epochs(loop, train_dl, eval_dl, step, jlog)

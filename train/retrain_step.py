@@ -116,6 +116,7 @@ class HostBatch:
     augmentation, noise and SpecAugment, draws from it), None: evaluation."""
 
     targets: dict[str, Targets]
+    rows: int = 0
     speech: torch.Tensor | None = None
     lengths: torch.Tensor | None = None
     text: list[str] | None = None
@@ -135,7 +136,7 @@ def prepare_batch(
     train = seed is not None
     gen = torch.Generator().manual_seed(seed) if train else None
     rng = np.random.default_rng(seed) if train else None
-    batch = HostBatch(targets={}, seed=seed)
+    batch = HostBatch(targets={}, rows=len(rows), seed=seed)
     for m in branches:
         owners = [i for i, r in enumerate(rows) if m in r.modalities]
         if not owners:
@@ -239,3 +240,27 @@ def fused_probs(
         rows = (present == torch.tensor(combo, device=device)).all(dim=1)
         fused[rows] = gate({m: probs[m][rows] for m, on in zip(names, combo) if on})[0]
     return fused
+
+
+def fusion_loss(
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]], targets: dict[str, Targets], model: EmotionModel, n: int
+) -> torch.Tensor:
+    """Soft cross-entropy of the gate's fused probabilities on the items two or more branches saw (corrections of
+    audio with typed text or video): this is what teaches the gate which modality to trust. Zero when a batch
+    has none, but still connected to the gate, so DDP sees its parameters used in every step."""
+    gate = model.heads.gate
+    device = gate.bias.device
+    seen = torch.zeros(n, dtype=torch.long, device=device)
+    target = torch.zeros(n, NUM_LABELS, device=device)
+    weight = torch.zeros(n, device=device)
+    for t in targets.values():
+        seen[t.owner] += 1
+        target[t.owner] = t.target.float()
+        weight[t.owner] = t.weight.float()
+    zero = (gate.bias.sum() + gate.slope.sum()) * 0.0
+    paired = seen >= 2
+    if not bool(paired.any()):
+        return zero
+    fused = fused_probs(out, targets, model, n)[paired]
+    loss = -(target[paired] * fused.clamp_min(1e-8).log()).sum(-1)
+    return zero + (weight[paired] * loss).mean()

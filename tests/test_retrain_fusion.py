@@ -1,0 +1,78 @@
+"""Multimodal corrections (speech with the text typed beside it) train the fusion gate; unimodal ones leave it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from backend.labels import LABELS
+from labeling.store import Store
+from tests.retrain_helpers import (
+    add_prediction,
+    add_speech,
+    fill_store,
+    ravdess_examples,
+    small_config,
+    text_examples,
+    wrong_label,
+)
+from train.retrain import run
+
+GATE = ("heads.gate.bias", "heads.gate.slope")
+
+
+def reset_accelerate() -> None:
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(True)
+
+
+def fill_paired(db: Path, shared: Path) -> None:
+    """RAVDESS clips, each with a GoEmotions sentence of another emotion typed beside it; the crowd votes the
+    clip's true (spoken) emotion, so the gate should learn to trust speech over this text."""
+    rng = np.random.default_rng(0)
+    texts = text_examples(shared, 80)
+    with Store.open(db, k=3, gold_rate=0.0) as store:
+        for ex in ravdess_examples(shared, [1, 2], 8):
+            other = next(t for t in texts if t.label != ex.label)
+            texts.remove(other)
+            clip = add_speech(store, ex, text=other.text)
+            add_prediction(store, clip, wrong_label(ex.label, rng))
+            for annotator in ("ann:a", "ann:b"):
+                store.vote(clip, annotator, LABELS[ex.label])
+
+
+def gate_of(folder: Path) -> dict[str, torch.Tensor]:
+    weights = load_file(str(folder / "model.safetensors"))
+    return {k: weights[k].float() for k in GATE}
+
+
+def test_paired_corrections_train_the_gate(tmp_path, shared_data, tiny_model_dir, tiny_backbones) -> None:
+    fill_paired(tmp_path / "studio.db", shared_data)
+    config = small_config(
+        tmp_path, tmp_path / "studio.db", tiny_model_dir, tiny_backbones["cache"], shared_data, epochs=3, gate=False
+    )
+    summary = run(config)
+    reset_accelerate()
+    assert summary["gate_trained"] is True and summary["branches"] == ["speech", "text"]
+    before, after = gate_of(tiny_model_dir), gate_of(Path(config.out) / "challenger")
+    assert any(not torch.allclose(before[k], after[k]) for k in GATE)
+    steps = [json.loads(line) for line in (Path(config.out) / "log.jsonl").read_text().splitlines()]
+    fusion = [s["fusion"] for s in steps if "fusion" in s]
+    assert fusion and all(np.isfinite(fusion)) and max(fusion) > 0
+
+
+def test_unimodal_corrections_leave_the_gate(tmp_path, shared_data, tiny_model_dir, tiny_backbones) -> None:
+    fill_store(tmp_path / "studio.db", shared_data, per_actor=4, n_texts=8)  # speech-only and text-only clips
+    config = small_config(
+        tmp_path, tmp_path / "studio.db", tiny_model_dir, tiny_backbones["cache"], shared_data, epochs=1, gate=False
+    )
+    summary = run(config)
+    reset_accelerate()
+    assert summary["gate_trained"] is False
+    before, after = gate_of(tiny_model_dir), gate_of(Path(config.out) / "challenger")
+    assert all(torch.equal(before[k], after[k]) for k in GATE)
