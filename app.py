@@ -36,7 +36,7 @@ from backend.labels import LABELS
 from backend.media import load_sample
 from backend.model import resolve_model_folder
 from backend.predictor import load_predictor
-from backend.ratelimit import RateLimiter, RateLimitError
+from backend.ratelimit import MSG_BUSY_NETWORK, RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from labeling import agreement_report, service
@@ -83,7 +83,9 @@ def get_settings() -> Settings:
 @functools.cache
 def get_store() -> Store:
     settings = get_settings()
-    return Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
+    store = Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
+    store.sweep_orphans()  # files a crash left without a row (or a row without its file deletion)
+    return store
 
 
 @functools.cache
@@ -92,10 +94,37 @@ def get_limiter() -> RateLimiter:
     return RateLimiter(get_settings().rate_limit_per_minute)
 
 
+@functools.cache
+def get_ip_limiter() -> RateLimiter:
+    """Requests per minute per client address (EMO_RATE_LIMIT_PER_IP_PER_MINUTE), off with the session limit."""
+    settings = get_settings()
+    per_minute = settings.rate_limit_per_ip_per_minute if settings.rate_limit_per_minute > 0 else 0
+    return RateLimiter(per_minute, message=MSG_BUSY_NETWORK)
+
+
+def client_ip(request: gr.Request | None) -> str | None:
+    """The caller's address. On Spaces the app sits behind the platform's proxy, which appends the real address
+    to X-Forwarded-For: the last entry is the one a client cannot forge. Elsewhere, the socket's peer."""
+    if request is None:
+        return None
+    if ON_SPACES:
+        forwarded = (request.headers or {}).get("x-forwarded-for", "")
+        hops = [h.strip() for h in forwarded.split(",") if h.strip()]
+        if hops:
+            return hops[-1]
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
 def check_rate(*keys: object) -> None:
-    """Refuse with 'busy, try again' before any work when the first usable key is over its rate limit.
+    """Refuse with 'busy, try again' before any work when the client address or the first usable key is over its
+    rate limit.
 
     keys: candidates in order of preference (annotator id, session user id, gr.Request, ...)."""
+    request = next((k for k in keys if isinstance(k, gr.Request)), None)
+    ip = client_ip(request)
+    if ip:
+        get_ip_limiter().check(ip)
     for key in keys:
         if isinstance(key, gr.Request):
             key = getattr(key, "session_hash", None)
@@ -412,9 +441,12 @@ def delete_annotator(token: str | None = None, annotator_id: str | None = None, 
 
 INTRO = """# Emotion studio
 Record or upload your **voice**, add a **face** (webcam snapshot, photo or video) and/or type **text**,
-then press **Analyze**. Below the result you can tell the model what the right answer was."""
-LABEL_HELP = """Listen or look, then press the emotion you perceive. Keys: **1-7** vote, **s** skips.
-You will not see the model's answer or other people's votes while labelling."""
+then press **Analyze**. To pick a file instead of recording, use the upload icon under each box.
+Clips of {timeline:g} s or longer also get a timeline of the emotion over time. Below the result you can tell
+the model what the right answer was."""
+LABEL_HELP = """Listen or look, then press the emotion you perceive. Keys (when not typing in a box): **1-7** vote,
+**s** skips."""
+BLIND_NOTE = " You will not see the model's answer or other people's votes while labelling."
 ADMIN_HELP = "Admins: paste the admin token (EMO_ADMIN_TOKEN) to export labels, start retraining or delete data."
 
 
@@ -434,7 +466,7 @@ def keyboard_js() -> str:
 
 def build_analyze_tab() -> None:
     session = gr.State(None, time_to_live=SESSION_TTL_S)
-    gr.Markdown(INTRO)
+    gr.Markdown(INTRO.format(timeline=get_settings().timeline_min_seconds))
     with gr.Row(equal_height=False):
         with gr.Column(scale=1):
             audio = gr.Audio(
@@ -492,7 +524,7 @@ def build_analyze_tab() -> None:
         )
         with gr.Row():
             save = gr.Button("Save my answer", variant="primary", elem_id="save-btn")
-            delete = gr.Button("Delete what I gave", variant="secondary", elem_id="delete-btn")
+            delete = gr.Button("Delete all I gave this session", variant="secondary", elem_id="delete-btn")
         stored = gr.Markdown(elem_id="stored")
         receipt = gr.JSON(visible=False)
     outputs = [emotion, summary, breakdown, words, faces, timeline, details, session, answer, stored]
@@ -503,7 +535,7 @@ def build_analyze_tab() -> None:
 
 def build_label_tab(settings: Settings) -> None:
     labeler = gr.State(None, time_to_live=SESSION_TTL_S)
-    gr.Markdown(LABEL_HELP if settings.blind_labeling else LABEL_HELP.splitlines()[0])
+    gr.Markdown(LABEL_HELP + (BLIND_NOTE if settings.blind_labeling else ""))
     if HF_LOGIN:
         gr.LoginButton()
     with gr.Row():

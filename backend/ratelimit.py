@@ -1,4 +1,5 @@
-"""Per-key request rate limits (a token bucket per browser session or annotator), checked before any work.
+"""Per-key request rate limits (a token bucket per browser session or annotator, and one per client address,
+so opening a new session per request does not get around them), checked before any work.
 
 A key may make `per_minute` requests in a burst and then one every 60/per_minute seconds. A refusal is a
 RateLimitError whose message tells the person to wait; nothing is half done. Memory stays bounded: idle
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 
 MAX_KEYS = 10_000  # buckets kept before idle ones are evicted
 MSG_BUSY = "Too many requests from this session; the server is busy. Wait {seconds:.0f} s and try again."
+MSG_BUSY_NETWORK = "Too many requests from your network; the server is busy. Wait {seconds:.0f} s and try again."
 
 
 class RateLimitError(RuntimeError):
@@ -33,9 +35,15 @@ class RateLimiter:
     """
 
     def __init__(
-        self, per_minute: int, *, max_keys: int = MAX_KEYS, clock: Callable[[], float] = time.monotonic
+        self,
+        per_minute: int,
+        *,
+        max_keys: int = MAX_KEYS,
+        clock: Callable[[], float] = time.monotonic,
+        message: str = MSG_BUSY,
     ) -> None:
         self.per_minute = int(per_minute)
+        self.message = message
         self.capacity = float(max(self.per_minute, 1))
         self.rate = self.per_minute / 60.0  # tokens per second
         self.max_keys = max_keys
@@ -77,7 +85,7 @@ class RateLimiter:
         """Take one token for `key` or raise RateLimitError (before any work is done)."""
         wait = self.try_acquire(key)
         if wait > 0.0:
-            raise RateLimitError(MSG_BUSY.format(seconds=max(1.0, wait)))
+            raise RateLimitError(self.message.format(seconds=max(1.0, wait)))
 
     def __len__(self) -> int:
         return len(self._buckets)

@@ -45,7 +45,8 @@ class Settings:
     gold_rate: float = 0.1
     blind_labeling: bool = True
     admin_token: str | None = None  # EMO_ADMIN_TOKEN
-    rate_limit_per_minute: int = 60
+    rate_limit_per_minute: int = 60  # per session / annotator; 0 turns every rate limit off
+    rate_limit_per_ip_per_minute: int = 600  # per client address (people behind one NAT share it)
     queue_size: int = 64
     concurrency: int = 2
 

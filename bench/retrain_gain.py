@@ -34,7 +34,7 @@ from backend.predictor import Predictor
 from backend.settings import DEFAULT_MODEL_DIR, load_settings
 from backend.types import Sample
 from labeling.store import Store
-from train.corpora import ravdess, shared_data_dir
+from train.corpora import RAVDESS_STATEMENTS, ravdess, shared_data_dir
 from train.corrections import in_holdout
 from train.evaluate import parse_actors
 from train.fit_speech import load_clips
@@ -67,18 +67,37 @@ def phone_channel(audio: list[np.ndarray], snr_db: float, seed: int) -> list[np.
     return out
 
 
-def fill_store(db: Path, clips: list, audio: list[np.ndarray], champion: EmotionModel, gold: float, seed: int) -> dict:
-    """The clips as the app keeps them, the champion's prediction (the hard negative), crowd votes, gold marks."""
+def statement_of(example) -> str:
+    """The sentence spoken in a RAVDESS clip (what a user would type beside it, or ASR would hear)."""
+    return RAVDESS_STATEMENTS[example.meta["statement"]]
+
+
+def fill_store(
+    db: Path,
+    clips: list,
+    audio: list[np.ndarray],
+    champion: EmotionModel,
+    gold: float,
+    seed: int,
+    texts: list[str] | None = None,
+) -> dict:
+    """The clips as the app keeps them (with the text typed beside each, if texts), the champion's prediction
+    (the hard negative), crowd votes, gold marks."""
     rng = np.random.default_rng(seed)
     predictor = Predictor(champion, load_settings(asr=False))
+    texts = texts or [None] * len(audio)
+    samples = [Sample(audio=w, text=t) for w, t in zip(audio, texts)]
     probs = []
-    for a in range(0, len(audio), 16):
-        probs += [p.probs for p in predictor.predict_batch([Sample(audio=w) for w in audio[a : a + 16]])]
+    for a in range(0, len(samples), 16):
+        probs += [p.probs for p in predictor.predict_batch(samples[a : a + 16])]
     ids = {}
     with Store.open(db, k=3, gold_rate=0.0) as store:
-        for ex, wave, prob in zip(clips, audio, probs):
+        for ex, wave, text, prob in zip(clips, audio, texts, probs):
             data = encode_wav(wave)
-            clip = store.add_clip(data, ext=".wav", modalities=["speech"], duration=len(wave) / 16_000, consent=True)
+            modalities = ["speech", "text"] if text else ["speech"]
+            clip = store.add_clip(
+                data, ext=".wav", modalities=modalities, duration=len(wave) / 16_000, consent=True, text=text
+            )
             ids[clip] = ex.label
             store.add_prediction(clip, champion.version, prob)
             if rng.random() < gold:
@@ -89,12 +108,19 @@ def fill_store(db: Path, clips: list, audio: list[np.ndarray], champion: Emotion
     return ids
 
 
-def score(model: EmotionModel, audio: list[np.ndarray], labels: np.ndarray) -> dict:
-    """Speech-branch figures against the true labels ({"n": 0} for an empty slice)."""
+def score(model: EmotionModel, audio: list[np.ndarray], labels: np.ndarray, texts: list[str] | None = None) -> dict:
+    """Figures against the true labels ({"n": 0} for an empty slice): the speech branch alone, or with texts
+    the fused prediction (speech + text through the gate), as the app would answer."""
     if not audio:
         return {"n": 0, "accuracy": float("nan"), "uar": float("nan"), "macro_f1": float("nan")}
     with torch.inference_mode():
-        pred = speech_forward_batched(model.eval(), audio).argmax(-1).numpy()
+        if texts is None:
+            pred = speech_forward_batched(model.eval(), audio).argmax(-1).numpy()
+        else:
+            predictor = Predictor(model.eval(), load_settings(asr=False))
+            samples = [Sample(audio=w, text=t) for w, t in zip(audio, texts)]
+            probs = [p.probs for a in range(0, len(samples), 16) for p in predictor.predict_batch(samples[a : a + 16])]
+            pred = np.array([max(range(len(LABELS)), key=lambda i: p[LABELS[i]]) for p in probs])
     report = classification_report(labels, pred, LABELS)
     return {k: report[k] for k in ("n", "accuracy", "uar", "macro_f1")}
 
@@ -121,6 +147,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="phone: the user records through an 8 kHz line with noise (a condition unseen in training)",
     )
     p.add_argument("--snr-db", type=float, default=10.0, help="noise level of the phone channel")
+    p.add_argument(
+        "--with-text",
+        action="store_true",
+        help="each clip comes with its sentence typed beside it (speech + text): scores are fused, the gate trains",
+    )
     return p.parse_args(argv)
 
 
@@ -170,14 +201,16 @@ def main(argv: list[str] | None = None) -> dict:
     audio = load_clips(clips)
     if args.channel == "phone":
         audio = phone_channel(audio, args.snr_db, args.seed)
-    ids = fill_store(out / "studio.db", clips, audio, champion, args.gold, args.seed)
+    texts = [statement_of(ex) for ex in clips] if args.with_text else None
+    ids = fill_store(out / "studio.db", clips, audio, champion, args.gold, args.seed, texts)
     prepared = time.perf_counter()
     config, result = retrain(args, out)
     retrained = time.perf_counter()
     held = [i for i, clip in enumerate(ids) if in_holdout(clip, config.holdout)]  # never trained on, trusted or not
     labels = np.array([clips[i].label for i in held])
     challenger = EmotionModel.from_pretrained(Path(config.out) / "challenger", cache=settings.cache, device=device)
-    before, after = (score(m, [audio[i] for i in held], labels) for m in (champion, challenger))
+    held_texts = [texts[i] for i in held] if texts else None
+    before, after = (score(m, [audio[i] for i in held], labels, held_texts) for m in (champion, challenger))
     decision = result["decision"]
     report = {
         "model": args.model,
@@ -189,6 +222,9 @@ def main(argv: list[str] | None = None) -> dict:
         "channel": args.channel if args.channel == "clean" else f"phone, {args.snr_db:g} dB SNR",
         "dev_actors": args.dev_actors,
         "user_clips": len(ids),
+        "with_text": bool(texts),
+        "scored": "fused speech + text" if texts else "speech branch",
+        "gate_trained": result.get("gate_trained"),
         "gold": args.gold,
         "train_corrections": result["train"]["items"],
         "held_out_clips": len(held),

@@ -44,6 +44,7 @@ def start_app(data_dir: Path, port: int, args: argparse.Namespace) -> subprocess
         "EMO_CONCURRENCY": str(args.concurrency),
         "EMO_QUEUE_SIZE": str(args.queue),
         "EMO_RATE_LIMIT_PER_MINUTE": "1000000",
+        "EMO_RATE_LIMIT_PER_IP_PER_MINUTE": "1000000",
         "EMO_VOTES_PER_CLIP": "100000",  # every client always finds a clip to vote on  # the bench measures the queue, not the per-session limit
         "EMO_ASR": "1" if args.asr else "0",
         "HF_HUB_OFFLINE": "1",

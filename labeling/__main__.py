@@ -4,6 +4,7 @@
     python -m labeling import FOLDER_OR_SAVED_DATASET [--labels gold|vote|ignore] [--no-consent]
     python -m labeling export OUT_DIR [--min-votes N] [--push REPO_ID] [--public]
     python -m labeling delete (--clip SHA256 | --annotator ID)
+    python -m labeling sweep [--min-age SECONDS]
 
 The database defaults to backend.settings (EMO_DATA_DIR / EMO_DB_PATH). Pushing reads HF_TOKEN.
 Errors print {"error": ...} to stderr and exit with status 1.
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     who = dele.add_mutually_exclusive_group(required=True)
     who.add_argument("--clip")
     who.add_argument("--annotator")
+    sweep = sub.add_parser("sweep", help="remove media files no clip refers to (crash leftovers)")
+    sweep.add_argument("--min-age", type=float, default=3600.0, help="only files older than this many seconds")
     return parser
 
 
@@ -78,6 +81,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if args.push:
                 report["commit"] = io.push_dataset(args.out_dir, args.push, private=not args.public)
             return report
+        if args.command == "sweep":
+            return {"removed": store.sweep_orphans(args.min_age)}
         if args.clip:
             return store.delete_clip(args.clip)
         return store.delete_annotator(args.annotator)

@@ -515,6 +515,23 @@ class Store:
         log.info("deleted annotator %s: %s", short(annotator_id), json.dumps(counts, sort_keys=True))
         return counts
 
+    def sweep_orphans(self, min_age_s: float = 3600.0) -> int:
+        """Remove media files no clip row points at: left by a crash between writing a file and its row, or
+        between deleting a row and its file (that one matters for privacy), and half-written temporaries.
+        Only files older than min_age_s go, so a clip being added right now keeps its file. Returns the count."""
+        referenced = {r["media"] for r in self.db.query("SELECT media FROM clips WHERE media IS NOT NULL")}
+        cutoff = time.time() - min_age_s
+        removed = 0
+        for path in list(self.media_dir.rglob("*")):  # removing empties fan-out folders as it goes
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if path.relative_to(self.media_dir).as_posix() in referenced:
+                continue
+            removed += media.remove(self.media_dir, path.relative_to(self.media_dir).as_posix())
+        if removed:
+            log.info("removed %d media files no clip refers to", removed)
+        return removed
+
     # ---- models and training runs ----------------------------------------------------------
 
     def record_model_version(self, version: str, path_or_repo: str, metrics: dict, parent: str | None) -> None:

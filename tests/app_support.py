@@ -60,6 +60,7 @@ def studio() -> Iterator[object]:
         app = importlib.import_module("app")
         app.get_settings.cache_clear()
         app.get_store.cache_clear()
+        app.get_ip_limiter.cache_clear()  # every test client comes from 127.0.0.1: one budget per module
         yield app
         app.get_store().close()
         app.get_settings.cache_clear()

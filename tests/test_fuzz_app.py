@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -127,6 +128,7 @@ def server(studio):  # noqa: F811
 def generous(studio, monkeypatch):  # noqa: F811
     """No rate limit in the way of the fuzz calls (one client makes many)."""
     monkeypatch.setattr(studio, "get_limiter", lambda: RateLimiter(0))
+    monkeypatch.setattr(studio, "get_ip_limiter", lambda: RateLimiter(0))
 
 
 def call(client: Client, **kwargs) -> str:
@@ -253,6 +255,32 @@ def test_rate_limit_says_busy_and_the_next_window_works(server, studio, monkeypa
     assert call(other, name="someone else", api_name="/next_item") == "ok"  # per annotator, not global
     clock["now"] += 20.0  # one token back after 60/3 s
     assert call(client, name="flooder", api_name="/next_item") == "ok"
+
+
+@pytest.mark.slow
+def test_new_sessions_from_one_address_share_its_limit(server, studio, monkeypatch):  # noqa: F811
+    """Opening a fresh session (and name) per request does not get around the limit: the address has one too."""
+    clock = {"now": 0.0}
+    limiter = RateLimiter(3, clock=lambda: clock["now"], message=studio.MSG_BUSY_NETWORK)
+    monkeypatch.setattr(studio, "get_ip_limiter", lambda: limiter)
+    answers = [call(Client(server, verbose=False), name=f"fresh-{i}", api_name="/next_item") for i in range(3)]
+    assert answers == ["ok"] * 3
+    with pytest.raises(AppError, match=r"Too many requests from your network.*try again"):
+        Client(server, verbose=False).predict(name="fresh-3", api_name="/next_item")
+    clock["now"] += 20.0
+    assert call(Client(server, verbose=False), name="fresh-4", api_name="/next_item") == "ok"
+
+
+def test_client_address_on_spaces_is_the_proxy_appended_hop(studio, monkeypatch):  # noqa: F811
+    request = SimpleNamespace(
+        headers={"x-forwarded-for": "6.6.6.6, 203.0.113.9"}, client=SimpleNamespace(host="10.0.0.2")
+    )
+    assert studio.client_ip(request) == "10.0.0.2"  # not on Spaces: the socket peer; the header is ignored
+    monkeypatch.setattr(studio, "ON_SPACES", True)
+    assert studio.client_ip(request) == "203.0.113.9"  # the hop the platform's proxy added, not the forgeable first
+    request.headers = {}
+    assert studio.client_ip(request) == "10.0.0.2"
+    assert studio.client_ip(None) is None
 
 
 @pytest.mark.slow

@@ -102,3 +102,28 @@ def test_deleting_what_is_not_there_is_not_found(store):
         store.delete_clip("a" * 64)
     with pytest.raises(NotFoundError):
         store.delete_annotator("nobody")
+
+
+def test_sweep_removes_only_old_files_no_clip_refers_to(store, tmp_path):
+    import os
+    import time
+
+    from labeling import media
+    from labeling.__main__ import main
+
+    kept = store.add_clip(b"RIFF kept", ext=".wav", modalities=["speech"], consent=True)
+    orphan = media.resolve(store.media_dir, media.relative_path("ab" * 32, ".wav"))  # a crash after the write
+    media.write_atomic(orphan, b"no row")
+    leftover = store.media_dir / "cd" / ".tmp-x.wav"  # a half-written temporary
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"half")
+    fresh = media.resolve(store.media_dir, media.relative_path("ef" * 32, ".wav"))  # being added right now
+    media.write_atomic(fresh, b"row comes next")
+    old = time.time() - 7200
+    for path in (orphan, leftover, store.media_path(kept)):
+        os.utime(path, (old, old))
+    assert store.sweep_orphans(min_age_s=3600) == 2
+    assert not orphan.exists() and not leftover.exists()
+    assert fresh.exists() and store.media_path(kept).read_bytes() == b"RIFF kept"
+    assert main(["--db", str(store.path), "--media-dir", str(store.media_dir), "sweep", "--min-age", "0"]) == 0
+    assert not fresh.exists() and store.media_path(kept).exists()
