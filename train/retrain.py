@@ -104,6 +104,7 @@ class RetrainConfig:
     grad_accum: int = 1
     lr: float = 3e-4
     lora_lr: float = 1e-4
+    gate_lr: float = 0.03
     weight_decay: float = 0.01
     warmup: float = 0.1
     max_grad_norm: float = 1.0
@@ -149,6 +150,7 @@ HELP = {
     "replay_limit": "use a fixed subset of N replay examples per branch (0 = all)",
     "correction_weight": "scale of a correction's loss relative to a replayed example",
     "fusion_weight": "weight of the fused-prediction loss that trains the gate on multimodal corrections",
+    "gate_lr": "learning rate of the fusion gate's biases and confidence slopes (no weight decay)",
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
     "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
     "max_seconds": "training crop of long recordings",
@@ -281,15 +283,18 @@ def trainable_groups(
     (and the fusion gate's weights with fuse)."""
     model.requires_grad_(False)
     prefixes = tuple(p for b in branches for p in BRANCH_PREFIXES[b]) + (("heads.gate.",) if fuse else ())
-    heads, adapters = [], []
+    heads, adapters, gate = [], [], []
     for name, param in model.named_parameters():
         adapter = ".lora_" in name
         if not name.startswith(prefixes) or (name.startswith(("speech_encoder.", "text_encoder.")) and not adapter):
             continue
         param.requires_grad_(True)
-        (adapters if adapter else heads).append(param)
+        (gate if name.startswith("heads.gate.") else adapters if adapter else heads).append(param)
     groups = [{"params": heads, "lr": config.lr}]
-    return groups + ([{"params": adapters, "lr": config.lora_lr}] if adapters else [])
+    groups += [{"params": adapters, "lr": config.lora_lr}] if adapters else []
+    # the gate is six scalars on the scale of logits: a head's learning rate would barely move them in a run,
+    # and weight decay would pull its fitted slopes back to zero
+    return groups + ([{"params": gate, "lr": config.gate_lr, "weight_decay": 0.0}] if gate else [])
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
