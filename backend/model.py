@@ -165,7 +165,7 @@ def resolve_model_folder(name: str) -> Path:
 def avoid_cudnn_attention(device: str | torch.device) -> None:
     """On CUDA, scaled-dot-product attention without the cuDNN kernel: it builds a plan for every new sequence
     length (11-13 ms of CPU per attention call on the H100, `bench/train.py --profile`), and clips and texts
-    come in every length. Flash / memory-efficient attention need no plan; they are ~10% slower on bulk batches
+    come in every length. Flash / memory-efficient attention need no plan; they are 4-26% slower on bulk batches
     of one length (bench/RESULTS.md), where EMO_CUDNN_ATTENTION=1 keeps cuDNN. Process-wide, as torch's switch is."""
     if torch.device(device).type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
