@@ -130,3 +130,18 @@ def cli_args(config: RetrainConfig, exclude: tuple[str, ...] = ()) -> list[str]:
         elif value is not None:
             args += [flag, str(value)]
     return args
+
+
+def fill_paired(db: Path, shared: Path) -> None:
+    """RAVDESS clips, each with a GoEmotions sentence of another emotion typed beside it; the crowd votes the
+    clip's true (spoken) emotion, so the gate should learn to trust speech over this text."""
+    rng = np.random.default_rng(0)
+    texts = text_examples(shared, 80)
+    with Store.open(db, k=3, gold_rate=0.0) as store:
+        for ex in ravdess_examples(shared, [1, 2], 8):
+            other = next(t for t in texts if t.label != ex.label)
+            texts.remove(other)
+            clip = add_speech(store, ex, text=other.text)
+            add_prediction(store, clip, wrong_label(ex.label, rng))
+            for annotator in ("ann:a", "ann:b"):
+                store.vote(clip, annotator, LABELS[ex.label])

@@ -13,24 +13,14 @@ from pathlib import Path
 import pytest
 
 from labeling.store import Store
-from tests.retrain_helpers import cli_args, fill_store, small_config
+from tests.retrain_helpers import cli_args, fill_paired, fill_store, small_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_two_cpu_processes_train_one_model(tmp_path, shared_data, tiny_model_dir, tiny_backbones):
+def launch_two_cpu_processes(config) -> subprocess.CompletedProcess:
     launcher = shutil.which("accelerate")
     assert launcher, "the accelerate command comes with the accelerate package (requirements.txt)"
-    fill_store(tmp_path / "studio.db", shared_data)
-    config = small_config(
-        tmp_path,
-        tmp_path / "studio.db",
-        tiny_model_dir,
-        tiny_backbones["cache"],
-        shared_data,
-        min_gain=-1.0,
-        checkpoint_every=2,
-    )
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     command = [
         launcher,
@@ -48,7 +38,21 @@ def test_two_cpu_processes_train_one_model(tmp_path, shared_data, tiny_model_dir
         "train.retrain",
         *cli_args(config),
     ]
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_two_cpu_processes_train_one_model(tmp_path, shared_data, tiny_model_dir, tiny_backbones):
+    fill_store(tmp_path / "studio.db", shared_data)
+    config = small_config(
+        tmp_path,
+        tmp_path / "studio.db",
+        tiny_model_dir,
+        tiny_backbones["cache"],
+        shared_data,
+        min_gain=-1.0,
+        checkpoint_every=2,
+    )
+    done = launch_two_cpu_processes(config)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])  # printed by the main process only
     assert result["processes"] == 2 and result["replicas_in_sync"]
@@ -60,6 +64,18 @@ def test_two_cpu_processes_train_one_model(tmp_path, shared_data, tiny_model_dir
     assert len(starts) == 1 and starts[0]["processes"] == 2
     with Store.open(config.db) as store:
         assert [r["decision"] for r in store.training_runs()] == ["promoted"]
+
+
+def test_two_cpu_processes_train_the_gate_on_paired_corrections(tmp_path, shared_data, tiny_model_dir, tiny_backbones):
+    """The gate is used outside the DDP module's forward (in the fused loss); its gradients must still be averaged."""
+    fill_paired(tmp_path / "studio.db", shared_data)
+    config = small_config(
+        tmp_path, tmp_path / "studio.db", tiny_model_dir, tiny_backbones["cache"], shared_data, gate=False
+    )
+    done = launch_two_cpu_processes(config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["gate_trained"] and result["processes"] == 2 and result["replicas_in_sync"]
 
 
 @pytest.mark.gpu

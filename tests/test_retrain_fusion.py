@@ -9,17 +9,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from backend.labels import LABELS
-from labeling.store import Store
-from tests.retrain_helpers import (
-    add_prediction,
-    add_speech,
-    fill_store,
-    ravdess_examples,
-    small_config,
-    text_examples,
-    wrong_label,
-)
+from tests.retrain_helpers import fill_paired, fill_store, small_config
 from train.retrain import run
 
 GATE = ("heads.gate.bias", "heads.gate.slope")
@@ -29,21 +19,6 @@ def reset_accelerate() -> None:
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(True)
-
-
-def fill_paired(db: Path, shared: Path) -> None:
-    """RAVDESS clips, each with a GoEmotions sentence of another emotion typed beside it; the crowd votes the
-    clip's true (spoken) emotion, so the gate should learn to trust speech over this text."""
-    rng = np.random.default_rng(0)
-    texts = text_examples(shared, 80)
-    with Store.open(db, k=3, gold_rate=0.0) as store:
-        for ex in ravdess_examples(shared, [1, 2], 8):
-            other = next(t for t in texts if t.label != ex.label)
-            texts.remove(other)
-            clip = add_speech(store, ex, text=other.text)
-            add_prediction(store, clip, wrong_label(ex.label, rng))
-            for annotator in ("ann:a", "ann:b"):
-                store.vote(clip, annotator, LABELS[ex.label])
 
 
 def gate_of(folder: Path) -> dict[str, torch.Tensor]:

@@ -42,17 +42,17 @@ def test_wal_and_foreign_keys_on_every_thread_connection(store):
     assert store.db.journal_mode == "wal"
     seen = []
 
-    def probe():
-        seen.append(store.db.execute("PRAGMA foreign_keys").fetchone()[0])
-        seen.append(store.db.execute("PRAGMA busy_timeout").fetchone()[0])
+    def probe():  # one append per thread: two would interleave between threads
+        db = store.db
+        seen.append((db.execute("PRAGMA foreign_keys").fetchone()[0], db.execute("PRAGMA busy_timeout").fetchone()[0]))
 
     threads = [threading.Thread(target=probe) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert seen[0::2] == [1, 1, 1]
-    assert all(timeout > 0 for timeout in seen[1::2])
+    assert [fk for fk, _ in seen] == [1, 1, 1]
+    assert all(timeout > 0 for _, timeout in seen)
 
 
 def test_a_finished_threads_connection_is_released(store):
