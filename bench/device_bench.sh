@@ -8,6 +8,7 @@
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train3       bench/train.py: length buckets off / on, then batch 64 + 64 replay
+#   bash bench/device_bench.sh acc1         accelerate launch on one GPU (bf16): stopped + resumed vs uninterrupted
 set -uo pipefail
 STASH=/root/stash
 setup() {
@@ -57,4 +58,18 @@ case "$1" in
     run --out /tmp/t0 --bucket-seconds 0 | tee "$OUT/train_bucket0.json"
     run --out /tmp/t1 --bucket-seconds 1 | tee "$OUT/train_bucket1.json"
     run --out /tmp/t2 --bucket-seconds 1 --batch-size 64 --replay-per-batch 64 | tee "$OUT/train_batch128.json" ;;
+  acc1)
+    setup
+    timeout 200 python3 bench/train.py --model /root/model --data "$STASH/data" --out /tmp/fill --corrections 300 \
+      --epochs 1 > "$OUT/fill.log" 2>&1
+    common="--db /tmp/fill/studio.db --base-model /root/model --data $STASH/data --no-gate --epochs 2 --checkpoint-every 10"
+    launch="accelerate launch --num_processes 1 --num_machines 1 --mixed_precision bf16 --dynamo_backend no -m train.retrain"
+    $launch $common --data-dir /tmp/d1 --out /tmp/acc-full > "$OUT/acc_full.log" 2>&1
+    $launch $common --data-dir /tmp/d2 --out /tmp/acc-resumed --stop-after-steps 17 > "$OUT/acc_stop.log" 2>&1
+    $launch $common --data-dir /tmp/d2 --out /tmp/acc-resumed --resume > "$OUT/acc_resume.log" 2>&1
+    python3 -c "
+from safetensors.torch import load_file
+a = load_file('/tmp/acc-full/challenger/model.safetensors'); b = load_file('/tmp/acc-resumed/challenger/model.safetensors')
+print({'max_abs_diff': max((a[k].float() - b[k].float()).abs().max().item() for k in a), 'tensors': len(a)})"
+    for f in "$OUT"/acc_*.log; do echo "== $f"; grep -v 'it/s\]' "$f" | tail -n 2 | cut -c1-600; done ;;
 esac
