@@ -83,9 +83,7 @@ def get_settings() -> Settings:
 @functools.cache
 def get_store() -> Store:
     settings = get_settings()
-    store = Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
-    store.sweep_orphans()  # files a crash left without a row (or a row without its file deletion)
-    return store
+    return Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
 
 
 @functools.cache
@@ -647,6 +645,7 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     started = time.perf_counter()
     get_predictor()  # load the model once, before the first request (ZeroGPU needs it at startup)
+    get_store().sweep_orphans()  # files a crash left without a row (or a row without its file deletion)
     log.info("model loaded in %.1f s", time.perf_counter() - started)
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME", "0.0.0.0" if ON_SPACES else "127.0.0.1"),

@@ -87,6 +87,10 @@ class Predictor:
             elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
             return [self._prediction(i, s, work, *fused[i], elapsed) for i, s in enumerate(samples)]
 
+    def predict_chunked(self, samples: list[Sample], chunk: int = 16) -> list[Prediction]:
+        """predict_batch over a long list, `chunk` samples at a time: bounded memory for evaluation jobs."""
+        return [p for a in range(0, len(samples), chunk) for p in self.predict_batch(samples[a : a + chunk])]
+
     def _autocast(self):
         if self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)

@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from backend.branches import speech_forward_batched
-from backend.labels import LABELS
+from backend.labels import LABEL_TO_ID, LABELS
 from backend.media import encode_wav
 from backend.model import EmotionModel
 from backend.predictor import Predictor
@@ -87,9 +87,7 @@ def fill_store(
     predictor = Predictor(champion, load_settings(asr=False))
     texts = texts or [None] * len(audio)
     samples = [Sample(audio=w, text=t) for w, t in zip(audio, texts)]
-    probs = []
-    for a in range(0, len(samples), 16):
-        probs += [p.probs for p in predictor.predict_batch(samples[a : a + 16])]
+    probs = [p.probs for p in predictor.predict_chunked(samples)]
     ids = {}
     with Store.open(db, k=3, gold_rate=0.0) as store:
         for ex, wave, text, prob in zip(clips, audio, texts, probs):
@@ -119,8 +117,7 @@ def score(model: EmotionModel, audio: list[np.ndarray], labels: np.ndarray, text
         else:
             predictor = Predictor(model.eval(), load_settings(asr=False))
             samples = [Sample(audio=w, text=t) for w, t in zip(audio, texts)]
-            probs = [p.probs for a in range(0, len(samples), 16) for p in predictor.predict_batch(samples[a : a + 16])]
-            pred = np.array([max(range(len(LABELS)), key=lambda i: p[LABELS[i]]) for p in probs])
+            pred = np.array([LABEL_TO_ID[p.label] for p in predictor.predict_chunked(samples)])
     report = classification_report(labels, pred, LABELS)
     return {k: report[k] for k in ("n", "accuracy", "uar", "macro_f1")}
 

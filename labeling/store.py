@@ -523,11 +523,13 @@ class Store:
         cutoff = time.time() - min_age_s
         removed = 0
         for path in list(self.media_dir.rglob("*")):  # removing empties fan-out folders as it goes
-            if not path.is_file() or path.stat().st_mtime > cutoff:
+            relative = path.relative_to(self.media_dir).as_posix()
+            try:  # a link is never ours to follow; a file another process just deleted is fine
+                if path.is_symlink() or not path.is_file() or path.stat().st_mtime > cutoff or relative in referenced:
+                    continue
+            except FileNotFoundError:
                 continue
-            if path.relative_to(self.media_dir).as_posix() in referenced:
-                continue
-            removed += media.remove(self.media_dir, path.relative_to(self.media_dir).as_posix())
+            removed += media.remove(self.media_dir, relative)
         if removed:
             log.info("removed %d media files no clip refers to", removed)
         return removed

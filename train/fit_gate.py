@@ -34,9 +34,7 @@ def branch_probs(predictor: Predictor, actors: list[int]) -> tuple[dict[str, tor
     """Calibrated speech and text (from ASR) probabilities for every clip of the given actors."""
     examples = corpora.ravdess(corpora.shared_data_dir() / "ravdess-speech-16k", actors=actors)
     samples = [to_sample(e) for e in examples]
-    preds = []
-    for a in range(0, len(samples), 16):
-        preds += predictor.predict_batch(samples[a : a + 16])
+    preds = predictor.predict_chunked(samples)
     probs = {m: torch.tensor([[p.modalities[m].probs[k] for k in LABELS] for p in preds]) for m in ("speech", "text")}
     return probs, torch.tensor([e.label for e in examples])
 

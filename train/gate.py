@@ -122,9 +122,7 @@ def evaluate_corrections(
     from backend.predictor import Predictor
 
     predictor = Predictor(model, dataclasses.replace(settings or load_settings(), asr=False))
-    preds = []
-    for a in range(0, len(items), 16):
-        preds += [LABEL_TO_ID[p.label] for p in predictor.predict_batch([it.sample() for it in items[a : a + 16]])]
+    preds = [LABEL_TO_ID[p.label] for p in predictor.predict_chunked([it.sample() for it in items])]
     combos = ["+".join(it.modalities) for it in items]  # e.g. "speech+text" for audio with typed text
     main = max(sorted(set(combos)), key=combos.count)
     return headline(np.array([it.label for it in items]), np.array(preds), main, "held-out corrections")

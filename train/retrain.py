@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -227,9 +228,10 @@ class RetrainData:
     branches: tuple[str, ...]
     pool: ReplayPool
 
-    @property
+    @functools.cached_property
     def fuse(self) -> bool:
-        """Whether the gate trains: some correction has two or more modalities (replay never has)."""
+        """Whether the gate trains: some correction has two or more modalities (replay never has). Read every
+        step, so worked out once."""
         return any(len(it.modalities) >= 2 for it in self.train)
 
 

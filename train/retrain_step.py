@@ -8,6 +8,7 @@ speakers and modalities), with the per-class memory queue adding pairs that smal
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,9 +39,6 @@ class Targets:
     owner: torch.Tensor
 
 
-TARGET_FIELDS = ("target", "weight", "negative", "owner")
-
-
 @dataclass
 class LossConfig:
     supcon_weight: float = 0.5
@@ -63,8 +61,9 @@ def eval_mode(module: nn.Module) -> Iterator[None]:
 
 class RetrainNet(nn.Module):
     """The trainable path of an EmotionModel as one module, so accelerate's DDP wrapper averages the gradients
-    of heads and adapters (a training adapter: unlike the model's own modules it takes media lists). Input: a dict with "speech" (list of 1-D waveform tensors, plus an optional
-    "mel_transform" and "frame_multiple"), "text" (list of strings), "face" (crops (B, 1, 48, 48)); output: modality -> (logits (B, 7),
+    of heads and adapters (a training adapter: unlike the model's own modules it takes media lists). Input: a
+    dict with "speech" (list of 1-D waveform tensors, plus an optional "mel_transform" and "frame_multiple"),
+    "text" (list of strings), "face" (crops (B, 1, 48, 48)); output: modality -> (logits (B, 7),
     projection (B, P))."""
 
     def __init__(self, model: EmotionModel) -> None:
@@ -178,7 +177,7 @@ def to_device(batch: HostBatch, device: torch.device) -> tuple[dict, dict[str, T
     if batch.face is not None:
         inputs["face"] = batch.face.to(device, non_blocking=True)
     targets = {
-        m: Targets(*(getattr(t, f).to(device, non_blocking=True) for f in TARGET_FIELDS))
+        m: Targets(**{f.name: getattr(t, f.name).to(device, non_blocking=True) for f in dataclasses.fields(t)})
         for m, t in batch.targets.items()
     }
     return inputs, targets
