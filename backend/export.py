@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -28,7 +27,15 @@ import torch
 from torch import nn
 
 from backend.model import EmotionModel
-from backend.speech import HOP_LENGTH, MIN_FRAMES, N_FRAMES, log_mel, whisper_encoder_states
+from backend.speech import (
+    HOP_LENGTH,
+    MIN_FRAMES,
+    N_FRAMES,
+    log_mel,
+    padded_frames,
+    valid_frames,
+    whisper_encoder_states,
+)
 from backend.text import tokenize
 
 log = logging.getLogger(__name__)
@@ -46,8 +53,8 @@ class AudioBranch(nn.Module):
         self.gate = model.heads.gate
 
     def forward(self, mel: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        states = whisper_encoder_states(self.encoder, mel)
-        mask = torch.arange(states.shape[2], device=states.device)[None, :] < valid[:, None]
+        mask = torch.arange(mel.shape[2] // 2, device=mel.device)[None, :] < valid[:, None]
+        states = whisper_encoder_states(self.encoder, mel, mask)
         logits, _ = self.head(states, mask)
         return self.gate.calibrated(logits, "speech")
 
@@ -71,15 +78,12 @@ class TextBranch(nn.Module):
 
 def audio_inputs(clips: list[np.ndarray], n_mels: int = 80) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips (16 kHz float32) -> (mel (B, n_mels, T), valid (B,)) exactly as the trimmed eager path pads them."""
-    longest = max(len(c) for c in clips)
-    frames = max(MIN_FRAMES, math.ceil(longest / HOP_LENGTH))
-    frames = min(N_FRAMES, frames + frames % 2)
+    frames = padded_frames(max(len(c) for c in clips))
     wave = torch.zeros(len(clips), frames * HOP_LENGTH)
     for i, c in enumerate(clips):
         wave[i, : len(c)] = torch.from_numpy(np.asarray(c, dtype=np.float32))
     lengths = torch.tensor([len(c) for c in clips])
-    valid_mel = torch.clamp((lengths + HOP_LENGTH - 1) // HOP_LENGTH, max=frames)
-    return log_mel(wave, n_mels), (valid_mel + 1) // 2
+    return log_mel(wave, n_mels), valid_frames(lengths, frames)
 
 
 def text_inputs(model: EmotionModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -216,6 +216,24 @@ def encoder_hidden_states(
     return _ssl_states(backbone, audio)
 
 
+def padded_frames(longest: int, frame_multiple: int = 2) -> int:
+    """Mel frames a trimmed batch whose longest clip has `longest` samples is padded to.
+
+    At least N_FFT zero samples follow every clip, so each valid frame's STFT window (centre +- N_FFT / 2,
+    then the encoder's two 3-tap convolutions) sees the clip and zeros only, never whatever padding or
+    reflection follows in a longer batch: a clip's valid frames are the same alone and in any batch.
+    """
+    assert frame_multiple > 0 and frame_multiple % 2 == 0, f"frame_multiple must be even, got {frame_multiple}"
+    frames = max(MIN_FRAMES, math.ceil((longest + N_FFT) / HOP_LENGTH))
+    return min(N_FRAMES, math.ceil(frames / frame_multiple) * frame_multiple)
+
+
+def valid_frames(lengths: torch.Tensor, mel_frames: int) -> torch.Tensor:
+    """Encoder frames (after the stride-2 convolution) that hold each clip: lengths (B,) samples -> (B,)."""
+    valid_mel = torch.clamp(torch.div(lengths + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor"), max=mel_frames)
+    return torch.div(valid_mel + 1, 2, rounding_mode="floor").clamp(min=1)
+
+
 def _whisper_states(
     backbone: SpeechBackbone,
     audio: Audio,
@@ -223,33 +241,38 @@ def _whisper_states(
     mel_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     frame_multiple: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    assert frame_multiple > 0 and frame_multiple % 2 == 0, f"frame_multiple must be even, got {frame_multiple}"
     encoder = backbone.model.get_encoder()
     wave, lengths = _pad_batch(audio, backbone.device)
     longest = wave.shape[1]
     if longest > N_SAMPLES:
         raise ValueError(f"Whisper's encoder takes at most {CHUNK_SECONDS} s; split clips of {longest} samples")
-    frames = N_FRAMES
-    if trim:
-        frames = max(MIN_FRAMES, math.ceil(longest / HOP_LENGTH))
-        frames = min(N_FRAMES, math.ceil(frames / frame_multiple) * frame_multiple)
+    frames = padded_frames(longest, frame_multiple) if trim else N_FRAMES
     wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - longest))
     mel = log_mel(wave, encoder.config.num_mel_bins)
     if mel_transform is not None:
         mel = mel_transform(mel)
         assert mel.shape == (wave.shape[0], encoder.config.num_mel_bins, frames), "mel_transform changed the shape"
-    states = whisper_encoder_states(encoder, mel.to(backbone.dtype))
-    valid_mel = torch.clamp(torch.div(lengths + HOP_LENGTH - 1, HOP_LENGTH, rounding_mode="floor"), max=frames)
-    valid = torch.div(valid_mel + 1, 2, rounding_mode="floor")
-    mask = torch.arange(states.shape[2], device=states.device)[None, :] < valid[:, None]
+    mask = torch.arange(frames // 2, device=wave.device)[None, :] < valid_frames(lengths, frames)[:, None]
+    states = whisper_encoder_states(encoder, mel.to(backbone.dtype), mask)
     return states, mask
 
 
-def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
+def attention_mask_for(encoder: nn.Module, key_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Key-padding mask (B, T) bool -> the (B, 1, 1, T) mask the encoder's attention implementation takes:
+    bool (True = attend) for SDPA / flex, additive float for eager attention."""
+    mask = key_mask[:, None, None, :]
+    if getattr(encoder.config, "_attn_implementation", "sdpa") != "eager":
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+
+
+def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Run a transformers WhisperEncoder on mel (B, n_mels, T), any even T <= 3000 -> (B, L + 1, T / 2, D).
 
     transformers' forward() refuses T != 3000; this uses its submodules with the first T / 2 positional
-    embeddings, so it equals forward() at T = 3000 and is much faster on short clips.
+    embeddings, so it equals forward() at T = 3000 and is much faster on short clips. key_mask (B, T / 2)
+    bool marks the frames inside each clip: attention never looks at padding, so a clip's states do not
+    depend on the batch it shares (None: every frame is a key, Whisper's own 30 s computation).
     """
     n_mels, max_positions = encoder.config.num_mel_bins, encoder.embed_positions.weight.shape[0]
     assert mel.dim() == 3 and mel.shape[1] == n_mels, f"expected mel (B, {n_mels}, T), got {tuple(mel.shape)}"
@@ -260,9 +283,13 @@ def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor) -> torch.Tenso
     x = nn.functional.gelu(encoder.conv2(x)).permute(0, 2, 1)
     x = x + encoder.embed_positions.weight[: x.shape[1]]
     x = nn.functional.dropout(x, p=encoder.dropout, training=encoder.training)
+    attention = None
+    if key_mask is not None:
+        assert key_mask.shape == x.shape[:2], f"expected key_mask {tuple(x.shape[:2])}, got {tuple(key_mask.shape)}"
+        attention = attention_mask_for(encoder, key_mask, x.dtype)
     states = [x]
     for layer in encoder.layers:  # WhisperEncoderLayer.forward(hidden_states, attention_mask, **kwargs)
-        x = layer(x, None)
+        x = layer(x, attention)
         states.append(x)
     states[-1] = encoder.layer_norm(x)
     return torch.stack(states, dim=1)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from backend.model import EmotionModel
 from backend.predictor import Predictor
 from backend.settings import DEFAULT_MODEL_DIR, load_settings
+from backend.speech import padded_frames
 from backend.types import SAMPLE_RATE, Sample
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,7 @@ def measure(
 def encoder_flops(model: EmotionModel, samples: int) -> float:
     """Multiply-adds x 2 of one trimmed Whisper encoder pass (convs, projections, attention, MLP) and the head."""
     c = model.speech.model.config
-    frames = max(100, -(-samples // 160))
-    frames += frames % 2
+    frames = padded_frames(samples)
     t, d, f, n = frames // 2, c.d_model, c.encoder_ffn_dim, c.encoder_layers
     conv = 2 * frames * c.num_mel_bins * 3 * d + 2 * t * d * 3 * d
     per_layer = 2 * t * (4 * d * d + 2 * d * f) + 2 * 2 * t * t * d
