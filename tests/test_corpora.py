@@ -38,7 +38,14 @@ def test_ravdess_file_name_fields(ravdess_all):
     by_name = {e.path.name: e for e in ravdess_all}
     calm = by_name["03-01-02-02-01-02-07.flac"]
     assert calm.label == LABEL_TO_ID["neutral"] and calm.modality == "speech"
-    assert calm.meta == {"emotion": "calm", "intensity": "strong", "statement": 1, "repetition": 2, "actor": 7}
+    assert calm.meta == {
+        "emotion": "calm",
+        "intensity": "strong",
+        "statement": 1,
+        "repetition": 2,
+        "actor": 7,
+        "corpus": "ravdess",
+    }
     assert calm.speaker == "actor07"
     assert by_name["03-01-08-01-02-02-01.flac"].label_name == "surprised"
     assert by_name["03-01-07-01-01-01-20.flac"].label_name == "disgust"
@@ -200,3 +207,22 @@ def test_shared_data_env(monkeypatch, tmp_path):
     assert corpora.shared_data_dir() == tmp_path
     monkeypatch.delenv("EMO_SHARED_DATA")
     assert corpora.shared_data_dir() == corpora.REPO_ROOT.parent / "shared" / "data"
+
+
+def test_ased_speaker_splits_are_disjoint_and_cover_every_speaker(shared_data):
+    train, dev, test = (
+        set(s) for s in (corpora.ASED_TRAIN_SPEAKERS, corpora.ASED_DEV_SPEAKERS, corpora.ASED_TEST_SPEAKERS)
+    )
+    assert not (train & dev or train & test or dev & test) and train | dev | test == set(range(1, 66))
+    everything = corpora.ased(shared_data / "ased-speech-16k")
+    dev_ex = corpora.ased(shared_data / "ased-speech-16k", speakers=corpora.ASED_DEV_SPEAKERS)
+    assert len(everything) == 2474 and len(dev_ex) == 446
+    assert {e.label_name for e in everything} == set(corpora.ASED_LABELS)
+    assert {e.meta["speaker_number"] for e in dev_ex} == dev and all(e.path.is_file() for e in dev_ex[:20])
+    assert dev_ex[0].meta["corpus"] == "ased" and dev_ex[0].speaker.startswith("ased-")
+
+
+def test_ased_bad_metadata_names_the_row(tmp_path):
+    (tmp_path / "metadata.csv").write_text("file_name,label,speaker\naudio/x.flac,bored,ased-01\n")
+    with pytest.raises(corpora.CorpusError, match=r"metadata\.csv:2"):
+        corpora.ased(tmp_path)

@@ -38,6 +38,14 @@ SHARED_DATA = shared_data_dir()
 # RAVDESS speakers are split by actor so that dev is speaker-independent.
 SPEECH_TRAIN_ACTORS = range(1, 17)  # actors 1-16
 SPEECH_DEV_ACTORS = range(17, 21)  # actors 17-20 (2 male, 2 female)
+# ASED speakers (1-65), split once by a seeded shuffle of speakers into ~17% test, ~17% dev, the rest train
+# (speaker-independent). Test is never used for any choice; dev picks checkpoints, thresholds and settings.
+ASED_DEV_SPEAKERS = (2, 5, 9, 14, 19, 28, 35, 39, 47, 48, 56, 58)  # 446 clips, 6 female, 5 male, 1 both codes
+ASED_TEST_SPEAKERS = (10, 12, 15, 34, 38, 42, 43, 44, 52, 55, 57, 59, 62, 63)  # 434 clips
+ASED_TRAIN_SPEAKERS = tuple(
+    s for s in range(1, 66) if s not in ASED_DEV_SPEAKERS and s not in ASED_TEST_SPEAKERS
+)  # 39 speakers, 1,594 clips
+ASED_LABELS = ("neutral", "happy", "sad", "angry", "fearful")  # no disgust, no surprised
 
 # RAVDESS file name fields: modality-vocal channel-emotion-intensity-statement-repetition-actor.
 RAVDESS_EMOTIONS = {
@@ -113,8 +121,36 @@ def _ravdess_example(path: Path) -> Example:
         "statement": statement,
         "repetition": repetition,
         "actor": actor,
+        "corpus": "ravdess",
     }
     return Example("speech", label_id(RAVDESS_EMOTIONS[emotion]), path=path, speaker=f"actor{actor:02d}", meta=meta)
+
+
+def ased(root: Path | None = None, speakers: Iterable[int] | None = None) -> list[Example]:
+    """ASED (Amharic, 65 speakers, 5 classes) from root/metadata.csv `file_name,label,speaker` (speaker "ased-NN").
+
+    meta["corpus_labels"] names the classes the corpus has, so training can mask the others in its loss.
+    """
+    root = Path(root) if root is not None else SHARED_DATA / "ased-speech-16k"
+    table = root / "metadata.csv"
+    if not table.is_file():
+        raise CorpusError(f"ASED metadata not found: {table}")
+    wanted = None if speakers is None else {int(s) for s in speakers}
+    examples = []
+    with table.open(newline="", encoding="utf-8") as f:
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                number = int(row["speaker"].rsplit("-", 1)[1])
+                label = label_id(row["label"])
+            except (KeyError, IndexError, ValueError) as exc:
+                raise CorpusError(f"{table}:{line}: bad row {row} ({exc})") from exc
+            if wanted is not None and number not in wanted:
+                continue
+            meta = {"corpus": "ased", "speaker_number": number, "corpus_labels": ASED_LABELS}
+            examples.append(Example("speech", label, path=root / row["file_name"], speaker=row["speaker"], meta=meta))
+    if not examples:
+        raise CorpusError(f"no ASED clips found in {table} (speakers {sorted(wanted or [])})")
+    return examples
 
 
 def goemotions(path: Path, single_label_only: bool = False) -> list[Example]:
