@@ -590,7 +590,12 @@ def build_model_tab(settings: Settings) -> gr.Tab:
                 label="Label distribution (all votes and corrections)",
             )
         agreement = gr.Markdown()
-        runs = gr.Dataframe(label="Retraining history and promotion decisions", interactive=False)
+        runs = gr.Dataframe(
+            label="Retraining history: each promotion decision with its test, the held-out gain and its confidence "
+            "interval, McNemar p, the dev-set non-inferiority checks (Holm) and ECE before/after recalibration",
+            interactive=False,
+            wrap=True,
+        )
         retrain_log = gr.Markdown()
         figures = gr.JSON(visible=False)
         with gr.Accordion("Admin", open=False):

@@ -263,20 +263,72 @@ def agreement_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _gain_cell(sup: dict[str, Any]) -> str:
+    """'+0.120 [+0.040, +0.200] (90%)' from the gate's superiority test, '' for older runs."""
+    if not sup.get("n"):
+        return ""
+    level = f" ({sup['ci_level']:.0%})" if "ci_level" in sup else ""
+    return f"{sup['delta']:+.3f} [{sup['ci_low']:+.3f}, {sup['ci_high']:+.3f}]{level}"
+
+
+def _checks_cell(checks: list[dict[str, Any]]) -> str:
+    """'6/6 ok; worst ravdess_dev accuracy -0.010 (margin 0.032)'."""
+    if not checks:
+        return ""
+    worst = min(checks, key=lambda c: c.get("ci_low", c.get("delta", 0.0)) + c.get("margin", 0.0))
+    ok = sum(bool(c.get("ok")) for c in checks)
+    margin = f" (margin {worst['margin']:.3f})" if "margin" in worst else ""
+    return f"{ok}/{len(checks)} ok; worst {worst['set']} {worst['metric']} {worst['delta']:+.3f}{margin}"
+
+
+def _ece_cell(calibration: dict[str, Any]) -> str:
+    """'speech 0.210->0.050' per recalibrated branch (ECE on the calibration split)."""
+    parts = []
+    for branch, b in (calibration.get("branches") or {}).items():
+        before, after = b.get("calibration_before", {}).get("ece"), b.get("calibration_after", {}).get("ece")
+        if before is not None and after is not None:
+            parts.append(f"{branch} {before:.3f}->{after:.3f}" + ("" if b.get("refit") else " (kept)"))
+    return ", ".join(parts)
+
+
 def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
-    """Retraining history with its promotion decisions (Store.training_runs())."""
-    columns = ["started", "base", "candidate", "corrections", "decision", "reason"]
-    rows = [
-        [
-            str(r.get("started", ""))[:19],
-            r.get("base_version"),
-            r.get("candidate_version"),
-            r.get("n_corrections"),
-            r.get("decision"),
-            r.get("reason"),
-        ]
-        for r in runs
+    """Retraining history with its promotion decisions (Store.training_runs()): the held-out gain with its
+    confidence interval, McNemar p, the dev-set non-inferiority checks, ECE before/after recalibration."""
+    columns = [
+        "started",
+        "base",
+        "candidate",
+        "corrections",
+        "decision",
+        "held-out n",
+        "gain [CI]",
+        "McNemar p",
+        "dev checks",
+        "ECE before->after",
+        "test",
+        "reason",
     ]
+    rows = []
+    for r in runs:
+        metrics = r.get("metrics") if isinstance(r.get("metrics"), dict) else {}
+        sup = metrics.get("superiority") or {}
+        mcnemar = sup.get("mcnemar") or {}
+        rows.append(
+            [
+                str(r.get("started", ""))[:19],
+                r.get("base_version"),
+                r.get("candidate_version"),
+                r.get("n_corrections"),
+                r.get("decision"),
+                sup.get("n"),
+                _gain_cell(sup),
+                round(mcnemar["p_one_sided"], 4) if "p_one_sided" in mcnemar else None,
+                _checks_cell(metrics.get("checks") or []),
+                _ece_cell((metrics.get("training") or {}).get("calibration") or {}),
+                metrics.get("test", ""),
+                r.get("reason"),
+            ]
+        )
     return pd.DataFrame(rows, columns=columns)
 
 

@@ -112,6 +112,8 @@ def small_config(tmp: Path, db: Path, model_dir: Path, cache: str, shared: Path,
         face_dev_size=40,
         holdout=0.25,
         tolerance=1.0,
+        min_holdout=1,  # tiny stores: the gate's minimum n would block every promotion
+        calib_replay=8,
         cpu=True,
     )
     values.update(overrides)

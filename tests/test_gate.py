@@ -16,7 +16,7 @@ from backend.settings import load_settings
 from labeling.store import Store
 from tests.retrain_helpers import add_prediction, add_speech, add_text, ravdess_examples, small_config, text_examples
 from train.corrections import load_corrections, split
-from train.gate import CORRECTIONS, GateConfig, decide, evaluate_corrections, load_dev_sets
+from train.gate import CORRECTIONS, GateConfig, decide, evaluate_corrections, headline, load_dev_sets
 from train.gate import main as gate_main
 from train.retrain import run
 
@@ -29,40 +29,74 @@ def fresh_accelerate_state():
     AcceleratorState._reset_state(True)
 
 
-def figures(corrections: float | None, **dev: float) -> dict:
-    out = {name: {"n": 100, "accuracy": value, "macro_f1": value} for name, value in dev.items()}
-    out[CORRECTIONS] = None if corrections is None else {"n": 20, "accuracy": corrections, "macro_f1": corrections}
+def answers(n: int, right: int, seed: int = 0, y: np.ndarray | None = None) -> dict:
+    """Figures of a set of n examples of which the first `right` are answered correctly (the rest: off by one)."""
+    y = np.arange(n) % 7 if y is None else y
+    pred = np.where(np.arange(n) < right, y, (y + 1) % 7)
+    return headline(y, pred, "speech", "test")
+
+
+def figures(corrections: tuple[int, int] | None, **dev: tuple[int, int]) -> dict:
+    """(n, right) per set; corrections None = no held-out clips."""
+    out = {name: answers(*nr) for name, nr in dev.items()}
+    out[CORRECTIONS] = None if corrections is None else answers(*corrections)
     return out
 
 
-def test_promotes_a_challenger_better_on_corrections_and_within_tolerance() -> None:
-    cfg = GateConfig(tolerance=0.02)
-    decision = decide(figures(0.50, speech=0.60, text=0.50), figures(0.60, speech=0.58, text=0.55), cfg)
-    assert decision["promote"] and "better on held-out corrections" in decision["reason"]
+def test_promotes_a_significant_gain_within_the_margins() -> None:
+    cfg = GateConfig(min_n=30, n_boot=1000)
+    champion = figures((60, 30), speech=(240, 180), text=(1000, 600))
+    challenger = figures((60, 48), speech=(240, 178), text=(1000, 605))
+    decision = decide(champion, challenger, cfg)
+    assert decision["promote"], decision["reason"]
+    sup = decision["superiority"]
+    assert sup["n"] == 60 and sup["delta"] == pytest.approx(0.3) and sup["ci_low"] > 0.15
+    assert sup["mcnemar"] == {
+        "b": 0,
+        "c": 18,
+        "p_one_sided": pytest.approx(2**-18),
+        "p_two_sided": pytest.approx(2**-17),
+    }
     assert {(c["set"], c["metric"]) for c in decision["checks"]} == {
         ("speech", "accuracy"),
         ("speech", "macro_f1"),
         ("text", "accuracy"),
         ("text", "macro_f1"),
     }
+    speech = next(c for c in decision["checks"] if c["set"] == "speech" and c["metric"] == "accuracy")
+    assert speech["margin"] == pytest.approx(0.5 / np.sqrt(240)) and speech["ok"] and speech["ci_level"] == 1 - 0.05 / 4
+    assert "answers" not in decision["challenger"]["speech"] and "Holm" in decision["test"]
 
 
-def test_rejects_a_drop_beyond_tolerance_on_any_dev_set() -> None:
-    cfg = GateConfig(tolerance=0.02)
-    decision = decide(figures(0.50, speech=0.60, text=0.50), figures(0.90, speech=0.579, text=0.70), cfg)
-    assert not decision["promote"]
-    assert "worse than the champion by more than 0.02 on speech accuracy 0.579 vs 0.600" in decision["reason"]
-    assert [c["ok"] for c in decision["checks"] if c["set"] == "speech"] == [False, False]
-
-
-def test_rejects_a_challenger_that_is_not_better_on_corrections() -> None:
-    cfg = GateConfig(tolerance=0.02)
-    same = decide(figures(0.50, speech=0.6), figures(0.50, speech=0.7), cfg)
-    assert not same["promote"] and "not better on held-out corrections" in same["reason"]
-    gain = decide(figures(0.50, speech=0.6), figures(0.52, speech=0.6), GateConfig(min_gain=0.05))
-    assert not gain["promote"]
-    none = decide(figures(None, speech=0.6), figures(None, speech=0.7), cfg)
+def test_a_small_gain_on_few_clips_is_not_enough() -> None:
+    # one clip more of 20 right: the old rule promoted this; the paired test cannot tell it from chance
+    decision = decide(figures((20, 10), speech=(240, 180)), figures((20, 11), speech=(240, 180)), GateConfig())
+    assert not decision["promote"] and "not better on held-out corrections beyond chance" in decision["reason"]
+    assert decision["superiority"]["ci_low"] <= 0
+    # a large gain on too few clips: significant but below the minimum n
+    few = decide(figures((12, 0), speech=(240, 180)), figures((12, 12), speech=(240, 180)), GateConfig(min_n=30))
+    assert few["superiority"]["significant"] and not few["promote"] and "too few held-out corrections" in few["reason"]
+    none = decide(figures(None, speech=(240, 180)), figures(None, speech=(240, 200)), GateConfig())
     assert not none["promote"] and "no trusted held-out corrections" in none["reason"]
+
+
+def test_a_drop_beyond_the_margin_on_any_dev_set_blocks_promotion() -> None:
+    cfg = GateConfig(n_boot=1000)
+    champion = figures((60, 30), speech=(240, 180), text=(1000, 600))
+    challenger = figures((60, 50), speech=(240, 160), text=(1000, 600))  # -0.083 on speech, margin 0.032
+    decision = decide(champion, challenger, cfg)
+    assert not decision["promote"] and "not shown non-inferior on speech accuracy 0.667 vs 0.750" in decision["reason"]
+    assert [c["ok"] for c in decision["checks"] if c["set"] == "text"] == [True, True]
+    fixed = decide(champion, challenger, GateConfig(n_boot=1000, tolerance=1.0))  # a fixed margin overrides
+    assert fixed["promote"] and all(c["margin"] == 1.0 for c in fixed["checks"])
+
+
+def test_mcnemar_rule() -> None:
+    cfg = GateConfig(test="mcnemar", min_n=10)
+    ok = decide(figures((20, 5), speech=(240, 180)), figures((20, 15), speech=(240, 180)), cfg)  # b=0, c=10
+    assert ok["promote"] and ok["superiority"]["mcnemar"]["p_one_sided"] == pytest.approx(2**-10)
+    close = decide(figures((20, 5), speech=(240, 180)), figures((20, 8), speech=(240, 180)), cfg)  # p = 1/8
+    assert not close["promote"] and "McNemar" in close["test"]
 
 
 def test_dev_sets_are_fixed_subsets(shared_data: Path) -> None:
@@ -134,10 +168,13 @@ def test_a_poisoned_batch_is_rejected_recorded_and_not_published(
     assert not decision["promote"]
     assert "not better on held-out corrections" in decision["reason"]
     assert decision["challenger"][CORRECTIONS]["accuracy"] <= decision["champion"][CORRECTIONS]["accuracy"]
+    assert decision["superiority"]["ci_low"] <= 0 and "bootstrap" in decision["test"]
     with Store.open(config.db) as store:
         (row,) = store.training_runs()
         assert row["decision"] == "rejected" and row["reason"] == decision["reason"]
         assert row["metrics"]["challenger"][CORRECTIONS] == decision["challenger"][CORRECTIONS]
+        assert row["metrics"]["superiority"]["ci_low"] == decision["superiority"]["ci_low"]
+        assert row["metrics"]["test"] == decision["test"] and row["metrics"]["rotation"] == 0
         assert store.model_versions() == []
     settings = load_settings(data_dir=tmp_path / "data")
     assert not (registry_dir(settings) / "current.json").exists() and not (registry_dir(settings) / "v1").exists()
@@ -145,6 +182,7 @@ def test_a_poisoned_batch_is_rejected_recorded_and_not_published(
     # the gate's CLI, on the same store and folders, reaches the same decision and records it
     monkeypatch.setenv("EMO_CACHE", tiny_backbones["cache"])
     sizes = ["--speech-dev-size", "28", "--text-dev-size", "100", "--face-dev-size", "40", "--holdout", "0.5"]
+    sizes += ["--tolerance", "0.02", "--min-holdout", "1"]  # as small_config
     again = gate_main(
         [
             "--db",

@@ -3,8 +3,10 @@
 One item per labelled clip with consented content. Its label distribution mixes the aggregated (reliability-
 weighted, or gold) label with the vote shares where annotators disagree; its hard negative is the label the
 model predicted when a person corrected it; its weight is its annotators' mean reliability (gold: 1).
-A stable hash of the clip id holds a slice out of training for the promotion gate, and only clips whose label
-is trusted (gold, or at least `min_eval_votes` votes with a majority) are used to judge there.
+A stable hash of (clip id, rotation) holds a slice out of training for the promotion gate and a second, disjoint
+slice for recalibration; only clips whose label is trusted (gold, or at least `min_eval_votes` votes with a
+majority) are used to judge there. The rotation index changes between runs (train.retrain uses the number of runs
+the store has recorded), so successive gates judge on different slices, and each slice grows with the store.
 """
 
 from __future__ import annotations
@@ -69,10 +71,21 @@ def one_hot(label: int) -> np.ndarray:
     return out
 
 
-def in_holdout(clip_id: str, fraction: float) -> bool:
+def clip_position(clip_id: str, rotation: int = 0) -> float:
+    """The clip's place in [0, 1) for a rotation: stable across machines, redrawn for each rotation index
+    (rotation 0 keeps the hash of the first release, so older run manifests stay valid)."""
+    key = f"holdout:{clip_id}" if rotation == 0 else f"holdout:{rotation}:{clip_id}"
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 2**32
+
+
+def in_holdout(clip_id: str, fraction: float, rotation: int = 0) -> bool:
     """Stable across runs and machines: the clip's hash decides, not a random draw."""
-    digest = hashlib.sha256(f"holdout:{clip_id}".encode()).hexdigest()
-    return int(digest[:8], 16) / 2**32 < fraction
+    return clip_position(clip_id, rotation) < fraction
+
+
+def in_calibration(clip_id: str, holdout: float, calibration: float, rotation: int = 0) -> bool:
+    """The recalibration slice: right after the held-out slice on the same hash, so the two never overlap."""
+    return holdout <= clip_position(clip_id, rotation) < holdout + calibration
 
 
 def target_of(label: ClipLabel, soft_mix: float = SOFT_MIX) -> np.ndarray:
@@ -181,11 +194,39 @@ def load_corrections(
     return items
 
 
-def split(items: list[CorrectionItem], fraction: float) -> tuple[list[CorrectionItem], list[CorrectionItem]]:
+def split(
+    items: list[CorrectionItem], fraction: float, rotation: int = 0
+) -> tuple[list[CorrectionItem], list[CorrectionItem]]:
     """(training items, trusted held-out items); untrusted held-out clips are used for neither."""
-    train = [it for it in items if not in_holdout(it.clip_id, fraction)]
-    held = [it for it in items if in_holdout(it.clip_id, fraction) and it.trusted]
+    train = [it for it in items if not in_holdout(it.clip_id, fraction, rotation)]
+    held = [it for it in items if in_holdout(it.clip_id, fraction, rotation) and it.trusted]
     return train, held
+
+
+@dataclass
+class Partition:
+    """Disjoint slices of the corrections: train (fits weights), calib (refits temperatures and the fusion
+    gate), held (trusted clips the promotion gate judges on)."""
+
+    train: list[CorrectionItem]
+    calib: list[CorrectionItem]
+    held: list[CorrectionItem]
+    rotation: int = 0
+
+
+def partition(items: list[CorrectionItem], holdout: float, calibration: float, rotation: int = 0) -> Partition:
+    """Three disjoint slices by hash of (clip, rotation); untrusted held-out clips are used for nothing."""
+    train, calib, held = [], [], []
+    for it in items:
+        position = clip_position(it.clip_id, rotation)
+        if position < holdout:
+            if it.trusted:
+                held.append(it)
+        elif position < holdout + calibration:
+            calib.append(it)
+        else:
+            train.append(it)
+    return Partition(train, calib, held, rotation)
 
 
 def summarize(items: list[CorrectionItem]) -> dict:

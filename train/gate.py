@@ -1,12 +1,19 @@
-"""The promotion gate: a challenger replaces the champion only if it does better on held-out corrections and is
-no worse than `tolerance` (absolute) on any fixed dev set, for every gated metric.
+"""The promotion gate: a challenger replaces the champion only when a paired test shows it better on held-out
+corrections and non-inferior on every fixed dev set.
+
+Superiority: both models answer the same trusted held-out corrections; the gate bootstraps the paired difference of
+the primary metric (accuracy) and promotes only when its one-sided (1 - alpha) lower bound is above `min_gain` (0)
+and at least `min_n` clips were judged (`test="mcnemar"`: the exact one-sided McNemar p below alpha instead; the
+McNemar table and p are recorded either way). Non-inferiority: on each dev set and gated metric, H0 "challenger
+worse by more than the margin" must be rejected; the margin is one binomial standard error at 0.5 for that set's
+size (0.5 / sqrt(n), at least 0.01; `tolerance` overrides it), and the checks share alpha through Holm's step-down
+correction. Promotion needs every test to pass (an intersection-union test: the chance of promoting a challenger
+that is not better is at most alpha).
 
 Dev sets are fixed subsets (same seed, same examples) of the splits no training ever sees: RAVDESS dev actors
 17-20 (speech branch), GoEmotions-ekman dev single-label (text branch), FER2013 val (face branch). The held-out
 corrections are scored through the predictor (fusion of every modality the clip has; no ASR) against their
-trusted labels. Why a poisoned batch fails here: its challenger learns the poison, so it loses on the
-corrections other annotators agree on (untrusted single-vote clips are never judged on) and collapses on the
-dev sets, and either alone rejects it.
+trusted labels; the slice rotates between runs (train.corrections.partition).
 
     python -m train.gate --db data/studio.db --champion models/v3 --challenger runs/x/challenger [--record]
 """
@@ -29,6 +36,7 @@ from backend.labels import LABEL_TO_ID, LABELS
 from backend.model import EmotionModel
 from backend.settings import Settings, load_settings
 from labeling.store import Store, now_iso
+from train import gate_stats
 from train.corpora import SPEECH_DEV_ACTORS, fer2013_arrays, goemotions, ravdess, shared_data_dir
 from train.corrections import CorrectionItem
 from train.evaluate import parse_actors, subsample
@@ -40,22 +48,30 @@ log = logging.getLogger(__name__)
 DEV_NAMES = {"speech": "ravdess_dev", "text": "goemotions_dev", "face": "fer2013_val"}
 CORRECTIONS = "corrections_holdout"
 HEADLINE = ("n", "accuracy", "uar", "macro_f1")
+ANSWERS = "answers"  # per-example true and predicted ids kept beside the figures for the paired tests
 
 
 @dataclass
 class GateConfig:
-    """Sizes: 0 = the whole split, < 0 = leave that dev set out. Tolerance and gain are absolute."""
+    """Sizes: 0 = the whole split, < 0 = leave that dev set out. tolerance: a fixed non-inferiority margin for
+    every dev set (None: from each set's size); min_gain: the bound the improvement's lower limit must exceed."""
 
     data: Path = field(default_factory=shared_data_dir)
     speech_actors: tuple[int, ...] = tuple(SPEECH_DEV_ACTORS)
     speech_size: int = 0
     text_size: int = 1000
     face_size: int = 1000
-    tolerance: float = 0.02
+    tolerance: float | None = None
     metrics: tuple[str, ...] = ("accuracy", "macro_f1")
     primary: str = "accuracy"
     min_gain: float = 0.0
     seed: int = 0
+    alpha: float = 0.05
+    min_n: int = 30
+    test: str = "bootstrap"
+    n_boot: int = 2000
+    margin_se: float = 1.0
+    margin_floor: float = 0.01
 
 
 @dataclass
@@ -89,8 +105,10 @@ def load_dev_sets(cfg: GateConfig) -> DevSets:
 
 
 def headline(y_true: np.ndarray, y_pred: np.ndarray, modality: str, split: str) -> dict:
+    """Headline figures plus the answers the paired tests need (decide() leaves them out of what it records)."""
     report = classification_report(y_true, y_pred, LABELS)
-    return {**{k: report[k] for k in HEADLINE}, "modality": modality, "split": split}
+    answers = {"y": np.asarray(y_true).tolist(), "pred": np.asarray(y_pred).tolist()}
+    return {**{k: report[k] for k in HEADLINE}, "modality": modality, "split": split, ANSWERS: answers}
 
 
 def evaluate_dev(model: EmotionModel, dev: DevSets) -> dict[str, dict]:
@@ -133,50 +151,151 @@ def evaluate(model: EmotionModel, dev: DevSets, held: list[CorrectionItem], sett
     return {**evaluate_dev(model, dev), CORRECTIONS: evaluate_corrections(model, held, settings)}
 
 
-def decide(champion: dict, challenger: dict, cfg: GateConfig) -> dict:
-    """Compare the figures of evaluate(); the decision dict names every check and why it promotes or not."""
+def public(figures: dict) -> dict:
+    """evaluate()'s figures without the per-example answers (what is recorded and shown)."""
+    return {k: ({m: x for m, x in v.items() if m != ANSWERS} if v else v) for k, v in figures.items()}
+
+
+def paired(old: dict, new: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(y, champion answers, challenger answers) of one set; both models must have answered the same examples."""
+    y, a, b = (np.asarray(v, dtype=np.int64) for v in (old[ANSWERS]["y"], old[ANSWERS]["pred"], new[ANSWERS]["pred"]))
+    assert np.array_equal(y, np.asarray(new[ANSWERS]["y"])), "champion and challenger were judged on different sets"
+    return y, a, b
+
+
+def superiority(old: dict | None, new: dict | None, cfg: GateConfig) -> dict:
+    """The paired test on the held-out corrections: difference, bootstrap interval, McNemar, pass or not."""
+    if not old or not new:
+        return {"n": 0, "passed": False}
+    y, a, b = paired(old, new)
+    deltas = gate_stats.paired_bootstrap(y, a, b, cfg.primary, cfg.n_boot, cfg.seed)
+    mcnemar = gate_stats.mcnemar_exact(int(np.sum((a == y) & (b != y))), int(np.sum((a != y) & (b == y))))
+    delta = float(new[cfg.primary] - old[cfg.primary])
+    low, high = gate_stats.lower_bound(deltas, cfg.alpha), float(np.quantile(deltas, 1 - cfg.alpha))
+    if cfg.test == "mcnemar":
+        significant = mcnemar["p_one_sided"] < cfg.alpha and delta > cfg.min_gain
+    else:
+        significant = low > cfg.min_gain
+    return {
+        "n": int(y.size),
+        "metric": cfg.primary,
+        "champion": float(old[cfg.primary]),
+        "challenger": float(new[cfg.primary]),
+        "delta": delta,
+        "ci_low": low,
+        "ci_high": high,
+        "ci_level": 1 - 2 * cfg.alpha,  # two-sided interval whose lower end is the one-sided (1 - alpha) bound
+        "p_bootstrap": gate_stats.p_at_most(deltas, cfg.min_gain),
+        "mcnemar": mcnemar,
+        "significant": bool(significant),
+        "passed": bool(significant and y.size >= cfg.min_n),
+    }
+
+
+def noninferiority(champion: dict, challenger: dict, cfg: GateConfig) -> list[dict]:
+    """One check per dev set and metric: margin from the set's size, paired bootstrap p of H0 'worse by more than
+    the margin', Holm-corrected over all checks; the interval is Bonferroni-simultaneous (alpha / checks)."""
     checks = []
-    for name in sorted(k for k in champion if k != CORRECTIONS):
+    for name in sorted(k for k in champion if k != CORRECTIONS and champion[k]):
+        y, a, b = paired(champion[name], challenger[name])
+        margin = (
+            cfg.tolerance
+            if cfg.tolerance is not None
+            else gate_stats.noninferiority_margin(y.size, cfg.margin_se, cfg.margin_floor)
+        )
         for metric in cfg.metrics:
-            a, b = float(champion[name][metric]), float(challenger[name][metric])
+            deltas = gate_stats.paired_bootstrap(y, a, b, metric, cfg.n_boot, cfg.seed)
+            old, new = float(champion[name][metric]), float(challenger[name][metric])
             checks.append(
                 {
                     "set": name,
                     "metric": metric,
-                    "champion": a,
-                    "challenger": b,
-                    "delta": b - a,
-                    "ok": b - a >= -cfg.tolerance - 1e-9,
+                    "n": int(y.size),
+                    "champion": old,
+                    "challenger": new,
+                    "delta": new - old,
+                    "margin": margin,
+                    "p": gate_stats.p_at_most(deltas, -margin),
+                    "_deltas": deltas,
                 }
             )
+    level = cfg.alpha / max(1, len(checks))
+    for check, ok in zip(checks, gate_stats.holm([c["p"] for c in checks], cfg.alpha)):
+        deltas = check.pop("_deltas")
+        check.update(ci_low=gate_stats.lower_bound(deltas, level), ci_level=1 - level, ok=bool(ok))
+    return checks
+
+
+def test_name(cfg: GateConfig) -> str:
+    """The decision rule in words (stored with every decision)."""
+    sup = (
+        f"exact one-sided McNemar p < {cfg.alpha:g}"
+        if cfg.test == "mcnemar"
+        else f"paired bootstrap ({cfg.n_boot}) one-sided {1 - cfg.alpha:.0%} lower bound of the {cfg.primary} gain > "
+        f"{cfg.min_gain:g}"
+    )
+    margin = (
+        f"{cfg.tolerance:g}"
+        if cfg.tolerance is not None
+        else f"{cfg.margin_se:g} x 0.5/sqrt(n), >= {cfg.margin_floor:g}"
+    )
+    return (
+        f"superiority on held-out corrections: {sup}, n >= {cfg.min_n}; non-inferiority on each dev set "
+        f"({', '.join(cfg.metrics)}; margin {margin}): paired bootstrap, Holm at family alpha {cfg.alpha:g}"
+    )
+
+
+def explain(sup: dict, checks: list[dict], cfg: GateConfig) -> list[str]:
+    """Why the challenger is not promoted (empty when it is)."""
     reasons = []
-    old, new = champion.get(CORRECTIONS), challenger.get(CORRECTIONS)
-    if not old or not new:
+    if not sup["n"]:
         reasons.append("no trusted held-out corrections to judge on (gold clips or clips with agreeing votes)")
-    elif new[cfg.primary] - old[cfg.primary] <= cfg.min_gain:
-        reasons.append(
-            f"not better on held-out corrections: {cfg.primary} {new[cfg.primary]:.3f} vs champion "
-            f"{old[cfg.primary]:.3f} (n={new['n']})"
+    else:
+        figures = (
+            f"{cfg.primary} {sup['challenger']:.3f} vs champion {sup['champion']:.3f}, gain {sup['delta']:+.3f}, "
+            f"{sup['ci_level']:.0%} CI [{sup['ci_low']:+.3f}, {sup['ci_high']:+.3f}], "
+            f"McNemar p={sup['mcnemar']['p_one_sided']:.3g} (n={sup['n']})"
         )
+        if not sup["significant"]:
+            reasons.append(f"not better on held-out corrections beyond chance: {figures}")
+        if sup["n"] < cfg.min_n:
+            shown = "" if not sup["significant"] else f" ({figures})"
+            reasons.append(f"too few held-out corrections to decide: n={sup['n']} < {cfg.min_n}{shown}")
     failed = [c for c in checks if not c["ok"]]
     if failed:
         reasons.append(
-            f"worse than the champion by more than {cfg.tolerance:g} on "
-            + "; ".join(f"{c['set']} {c['metric']} {c['challenger']:.3f} vs {c['champion']:.3f}" for c in failed)
+            "not shown non-inferior on "
+            + "; ".join(
+                f"{c['set']} {c['metric']} {c['challenger']:.3f} vs {c['champion']:.3f} (margin {c['margin']:.3f}, "
+                f"lower bound {c['ci_low']:+.3f}, p={c['p']:.3g})"
+                for c in failed
+            )
         )
+    return reasons
+
+
+def decide(champion: dict, challenger: dict, cfg: GateConfig) -> dict:
+    """Compare the figures of evaluate(); the decision dict names every test, interval and why it promotes or not."""
+    sup = superiority(champion.get(CORRECTIONS), challenger.get(CORRECTIONS), cfg)
+    checks = noninferiority(champion, challenger, cfg)
+    reasons = explain(sup, checks, cfg)
     promote = not reasons
     if promote:
-        verdict = "better" if new[cfg.primary] > old[cfg.primary] else f"no worse than min_gain {cfg.min_gain:g}"
         reasons.append(
-            f"{verdict} on held-out corrections ({cfg.primary} {new[cfg.primary]:.3f} vs {old[cfg.primary]:.3f}, "
-            f"n={new['n']}) and within {cfg.tolerance:g} of the champion on every dev set"
+            f"better on held-out corrections ({cfg.primary} {sup['challenger']:.3f} vs {sup['champion']:.3f}, gain "
+            f"{sup['delta']:+.3f}, {sup['ci_level']:.0%} CI [{sup['ci_low']:+.3f}, {sup['ci_high']:+.3f}], n={sup['n']}) "
+            f"and non-inferior on all {len(checks)} dev checks (Holm, alpha {cfg.alpha:g})"
         )
     return {
         "promote": promote,
         "reason": "; ".join(reasons),
-        "champion": champion,
-        "challenger": challenger,
+        "champion": public(champion),
+        "challenger": public(challenger),
+        "superiority": sup,
         "checks": checks,
+        "test": test_name(cfg),
+        "alpha": cfg.alpha,
+        "min_n": cfg.min_n,
         "tolerance": cfg.tolerance,
         "min_gain": cfg.min_gain,
         "primary": cfg.primary,
@@ -194,7 +313,19 @@ def record_run(
     extra: dict | None = None,
 ) -> int:
     """One row of the store's training_runs table with the decision and every figure behind it."""
-    metrics = {k: decision[k] for k in ("champion", "challenger", "checks", "tolerance", "min_gain", "primary")}
+    keys = (
+        "champion",
+        "challenger",
+        "superiority",
+        "checks",
+        "test",
+        "alpha",
+        "min_n",
+        "tolerance",
+        "min_gain",
+        "primary",
+    )
+    metrics = {k: decision[k] for k in keys if k in decision}
     return store.record_training_run(
         {
             "started": started,
@@ -220,7 +351,21 @@ def gate_config(args: argparse.Namespace | object) -> GateConfig:
         tolerance=args.tolerance,
         min_gain=args.min_gain,
         seed=args.seed,
+        alpha=getattr(args, "gate_alpha", 0.05),
+        min_n=getattr(args, "min_holdout", 30),
+        test=getattr(args, "gate_test", "bootstrap"),
     )
+
+
+def next_rotation(store: Store) -> int:
+    """The held-out rotation of the next retraining run: one more for every run the store has recorded."""
+    return int(store.db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0])
+
+
+def last_rotation(store: Store) -> int:
+    """The rotation the latest recorded run was judged with (0 before any), so the CLI re-judges on its slice."""
+    runs = store.training_runs()
+    return int(runs[-1]["metrics"].get("rotation", 0)) if runs else 0
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -237,9 +382,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--speech-dev-size", type=int, default=0)
     p.add_argument("--text-dev-size", type=int, default=1000)
     p.add_argument("--face-dev-size", type=int, default=1000)
-    p.add_argument("--tolerance", type=float, default=0.02)
+    p.add_argument("--tolerance", type=float, default=None, help="fixed dev margin (default: 0.5/sqrt(n) per set)")
     p.add_argument("--min-gain", type=float, default=0.0)
+    p.add_argument("--gate-alpha", type=float, default=0.05)
+    p.add_argument("--min-holdout", type=int, default=30, help="held-out clips needed to promote")
+    p.add_argument("--gate-test", choices=["bootstrap", "mcnemar"], default="bootstrap")
     p.add_argument("--holdout", type=float, default=0.2)
+    p.add_argument("--rotation", type=int, default=-1, help="held-out rotation (-1: the last recorded run's)")
     p.add_argument("--min-eval-votes", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--record", action="store_true", help="record the decision in the store's training runs")
@@ -247,7 +396,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     settings = load_settings()
     started = now_iso()
     with Store.open(args.db) as store:
-        _, held = split(load_corrections(store, min_eval_votes=args.min_eval_votes, settings=settings), args.holdout)
+        rotation = args.rotation if args.rotation >= 0 else last_rotation(store)
+        items = load_corrections(store, min_eval_votes=args.min_eval_votes, settings=settings)
+        _, held = split(items, args.holdout, rotation)
         cfg = gate_config(args)
         dev = load_dev_sets(cfg)
         champion, challenger = (
@@ -262,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 base_version=champion.version,
                 candidate_version=challenger.version,
                 n_corrections=0,
+                extra={"rotation": rotation},
             )
     print(json.dumps(decision))
     return decision

@@ -56,7 +56,7 @@ from backend.settings import DEFAULT_MODEL_DIR, Settings, load_settings
 from labeling.store import Store, now_iso
 from train.contrastive import ClassMemory
 from train.corpora import CorpusError, shared_data_dir
-from train.corrections import CorrectionItem, load_corrections, split, summarize
+from train.corrections import CorrectionItem, Partition, load_corrections, partition, summarize
 from train.metrics import classification_report
 from train.replay import ReplayPool
 from train.retrain_step import (
@@ -120,6 +120,11 @@ class RetrainConfig:
     min_votes: int = 1
     min_eval_votes: int = 2
     holdout: float = 0.2
+    calibration: float = 0.15
+    holdout_rotation: int = -1
+    recalibrate: bool = True
+    calib_replay: int = 120
+    min_calib: int = 30
     max_seconds: float = 12.0
     bucket_seconds: float = 1.0
     loader_workers: int = -1
@@ -131,8 +136,11 @@ class RetrainConfig:
     cpu: bool = False
     log_every: int = 10
     gate: bool = True
-    tolerance: float = 0.02
+    tolerance: float | None = None
     min_gain: float = 0.0
+    gate_alpha: float = 0.05
+    min_holdout: int = 30
+    gate_test: str = "bootstrap"
     speech_dev_actors: str = "17-20"
     speech_dev_size: int = 0
     text_dev_size: int = 1000
@@ -153,7 +161,15 @@ HELP = {
     "fusion_weight": "weight of the fused-prediction loss that trains the gate on multimodal corrections",
     "gate_lr": "learning rate of the fusion gate's biases and confidence slopes (no weight decay)",
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
-    "holdout": "share of corrections held out for the gate, chosen by a hash of the clip id",
+    "holdout": "share of corrections held out for the gate, chosen by a hash of (clip id, rotation)",
+    "calibration": "share of corrections set aside (same hash, disjoint from the held-out slice) to recalibrate",
+    "holdout_rotation": "rotation index of the held-out/calibration slices (-1 = runs the store has recorded)",
+    "recalibrate": "refit the trained branches' temperatures and the fusion gate on the calibration split",
+    "calib_replay": "base-corpus examples per branch held back from replay for recalibration",
+    "min_calib": "calibration examples a branch (or the fusion gate) needs to be refitted",
+    "gate_alpha": "the gate's significance level (one-sided superiority; Holm family for the dev checks)",
+    "min_holdout": "trusted held-out corrections needed to promote",
+    "gate_test": "bootstrap (lower confidence bound of the gain > min_gain) or mcnemar (exact one-sided p < alpha)",
     "max_seconds": "training crop of long recordings",
     "bucket_seconds": "pad each speech batch to a multiple of this (few shapes: GPU kernels keep their plans; 0 = to its longest clip)",
     "loader_workers": "threads that build batches ahead of the training step (-1 = up to 4 by CPU count, 0 = none)",
@@ -161,14 +177,17 @@ HELP = {
     "stop_after_steps": "stop after N steps without finishing (to test --resume)",
     "resume": "continue from the last complete checkpoint in --out",
     "mixed_precision": "no | bf16 | fp16 (default: bf16 on GPU, no on CPU)",
-    "tolerance": "largest drop in accuracy / macro-F1 on any dev set that still allows promotion",
-    "min_gain": "how much better on the held-out corrections the challenger must be",
+    "tolerance": "fixed non-inferiority margin on every dev set (default: 0.5/sqrt(n) of each set, >= 0.01)",
+    "min_gain": "the bound the lower confidence limit of the held-out gain must exceed",
     "lock": "take the store's retraining lock (a caller that holds it passes --no-lock)",
     "cpu": "train on the CPU even where a GPU is present",
     "gate": "judge the challenger and publish a winner (--no-gate: train only)",
     "speech_dev_actors": "RAVDESS actors of the gate's speech dev set, e.g. 17-20 or 19,20",
     "speech_dev_size": "fixed subset sizes of the dev sets (0 = all, -1 = leave out); also --text/--face-dev-size",
 }
+
+
+OPTIONAL_TYPES = {"tolerance": float}  # fields whose default is None but whose values are not text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name))
         else:
-            kind = type(f.default) if f.default is not None else str
+            kind = OPTIONAL_TYPES.get(f.name, type(f.default) if f.default is not None else str)
             parser.add_argument(flag, type=kind, default=f.default, help=HELP.get(f.name))
     parser.add_argument("--model", dest="base_model", help=argparse.SUPPRESS)
     return parser
@@ -227,6 +246,8 @@ class RetrainData:
     held: list[CorrectionItem]
     branches: tuple[str, ...]
     pool: ReplayPool
+    calib: list[CorrectionItem] = dataclasses.field(default_factory=list)  # corrections + replay hold-back
+    rotation: int = 0
 
     @functools.cached_property
     def fuse(self) -> bool:
@@ -235,8 +256,11 @@ class RetrainData:
         return any(len(it.modalities) >= 2 for it in self.train)
 
 
-def read_corrections(config: RetrainConfig, store: Store, settings: Settings) -> tuple[list, list]:
-    """(training items, held-out trusted items); a resumed run reuses its manifest so the data stay the same."""
+def read_corrections(config: RetrainConfig, store: Store, settings: Settings) -> Partition:
+    """Training, calibration and held-out trusted items; a resumed run reuses its manifest so the data stay the
+    same. The rotation is the number of runs the store has recorded, unless pinned by --holdout-rotation."""
+    from train.gate import next_rotation
+
     manifest = Path(config.out) / MANIFEST_FILE
     ids = json.loads(manifest.read_text()) if config.resume and manifest.exists() else None
     items = load_corrections(
@@ -244,26 +268,34 @@ def read_corrections(config: RetrainConfig, store: Store, settings: Settings) ->
         min_votes=config.min_votes,
         min_eval_votes=config.min_eval_votes,
         soft_mix=config.soft_mix,
-        clip_ids=ids["train"] + ids["held"] if ids else None,
+        clip_ids=ids["train"] + ids.get("calib", []) + ids["held"] if ids else None,
         settings=settings,
     )
     if ids is None:
-        return split(items, config.holdout)
+        rotation = config.holdout_rotation if config.holdout_rotation >= 0 else next_rotation(store)
+        return partition(items, config.holdout, config.calibration, rotation)
     by_id = {it.clip_id: it for it in items}
-    return [by_id[c] for c in ids["train"] if c in by_id], [by_id[c] for c in ids["held"] if c in by_id]
+    train, calib, held = ([by_id[c] for c in ids.get(k, []) if c in by_id] for k in ("train", "calib", "held"))
+    return Partition(train, calib, held, int(ids.get("rotation", 0)))
 
 
 def get_dataloaders(
     config: RetrainConfig, store: Store, accelerator: Accelerator
 ) -> tuple[DataLoader, DataLoader | None, RetrainData]:
     """Loaders of item indices (the items themselves stay in RetrainData), and the replay pool."""
-    train_items, held = read_corrections(config, store, resolve_settings(config))
+    parts = read_corrections(config, store, resolve_settings(config))
+    train_items, held = parts.train, parts.held
     if not train_items:
         raise RetrainError("There are no labelled, consented corrections to train on yet (or all are held out).")
     for item in train_items:
         item.weight *= config.correction_weight
     if accelerator.is_main_process:
-        manifest = {"train": [it.clip_id for it in train_items], "held": [it.clip_id for it in held]}
+        manifest = {
+            "train": [it.clip_id for it in train_items],
+            "calib": [it.clip_id for it in parts.calib],
+            "held": [it.clip_id for it in held],
+            "rotation": parts.rotation,
+        }
         (Path(config.out) / MANIFEST_FILE).write_text(json.dumps(manifest) + "\n")
     branches = tuple(m for m in ("speech", "text", "face") if any(m in it.modalities for it in train_items))
     pool = ReplayPool()
@@ -272,10 +304,16 @@ def get_dataloaders(
             pool = ReplayPool.load(Path(config.data), branches, config.replay_limit, config.seed)
     except CorpusError as exc:
         raise RetrainError(f"Replay needs the base corpora ({exc}); pass --data or set EMO_SHARED_DATA.") from exc
+    calib = list(parts.calib)
+    if config.recalibrate and config.calib_replay:
+        from train.recalibrate import hold_back
+
+        pool, replay_calib = hold_back(pool, config.calib_replay, config.seed)
+        calib += replay_calib
     gen = torch.Generator().manual_seed(config.seed)
     train_dl = DataLoader(range(len(train_items)), batch_size=config.batch_size, shuffle=True, generator=gen)
     eval_dl = DataLoader(range(len(held)), batch_size=config.batch_size) if held else None
-    return train_dl, eval_dl, RetrainData(train_items, held, branches, pool)
+    return train_dl, eval_dl, RetrainData(train_items, held, branches, pool, calib, parts.rotation)
 
 
 def trainable_groups(
@@ -540,6 +578,8 @@ def train(config: RetrainConfig) -> dict:
     data = {
         "train": summarize(loop.data.train),
         "held": len(loop.data.held),
+        "calib": len(loop.data.calib),
+        "rotation": loop.data.rotation,
         "branches": list(loop.data.branches),
         "gate_trained": loop.data.fuse,
     }
@@ -565,6 +605,8 @@ def train(config: RetrainConfig) -> dict:
         "challenger": str(out / "challenger"),
     }
     if accelerator.is_main_process:
+        if config.recalibrate:
+            summary["calibration"] = recalibrate_challenger(config, loop.data, model)
         for branch in loop.data.branches:
             model.config.trained[branch] = True
         model.config.parent_version = model.version
@@ -574,6 +616,13 @@ def train(config: RetrainConfig) -> dict:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return summary
+
+
+def recalibrate_challenger(config: RetrainConfig, data: RetrainData, model: EmotionModel) -> dict:
+    """Refit temperatures and the fusion gate on the calibration split (train.recalibrate); ECE before/after."""
+    from train.recalibrate import CalibrationConfig, recalibrate
+
+    return recalibrate(model, data.calib, data.held, data.branches, CalibrationConfig(min_items=config.min_calib))
 
 
 @contextlib.contextmanager
@@ -627,7 +676,7 @@ def judge(config: RetrainConfig, summary: dict, started: str) -> dict:
     settings, out = resolve_settings(config), Path(config.out)
     device = "cuda" if torch.cuda.is_available() and not config.cpu else "cpu"
     with Store.open(config.db) as store:
-        _, held = read_corrections(dataclasses.replace(config, resume=True), store, settings)
+        held = read_corrections(dataclasses.replace(config, resume=True), store, settings).held
         cfg = gate_config(config)
         try:
             dev = load_dev_sets(cfg)
@@ -657,7 +706,7 @@ def judge(config: RetrainConfig, summary: dict, started: str) -> dict:
             base_version=summary["base_version"],
             candidate_version=version,
             n_corrections=summary["train"]["items"],
-            extra={"training": summary, "published": published},
+            extra={"training": summary, "published": published, "rotation": summary.get("rotation", 0)},
         )
     decision = {**decision, "version": version, "published": published}
     (out / "decision.json").write_text(json.dumps(decision, indent=2, default=str) + "\n")
