@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import numpy as np
 
-from backend import present
+from backend import live_view, present
 from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
 from backend.media import load_sample
@@ -39,6 +40,8 @@ from backend.predictor import load_predictor
 from backend.ratelimit import MSG_BUSY_NETWORK, RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
+from backend.streaming import LiveConfig, LiveStream, LiveUpdate, Reader, model_threshold, speech_reader, to_16k
+from backend.types import SAMPLE_RATE
 from labeling import agreement_report, service
 from labeling.errors import StoreError
 from labeling.store import Store
@@ -234,6 +237,64 @@ def delete_my_data(session: dict | None = None, request: gr.Request = None):
     counts = service.delete_my_data(get_store(), session["user"], session["receipts"])
     session["receipts"] = []
     return present.deletion_markdown(counts), counts, session
+
+
+# ------------------------------------------------------------------------------------------ Live voice
+
+
+@functools.cache
+def live_reader(predictor: Any) -> Reader:
+    """Speech-only live readings through the process's predictor (one per loaded model)."""
+    return speech_reader(predictor)
+
+
+def live_outputs(stream: LiveStream, update: LiveUpdate) -> tuple:
+    """Widget values for the live view: headline, probabilities, timeline, JSON, the stream (gr.State)."""
+    return (
+        live_view.now_html(update),
+        live_view.live_label(update),
+        live_view.timeline_html(update),
+        update.to_dict(),
+        stream,
+    )
+
+
+def new_live_stream(request: gr.Request | None) -> LiveStream:
+    check_rate(request)  # per recording, not per chunk (a chunk comes twice a second)
+    config = LiveConfig.from_settings(get_settings(), model_threshold(get_predictor()))
+    return LiveStream(config)
+
+
+@shows_errors
+def live_start(request: gr.Request = None):
+    """A new recording: fresh live state and an empty live view."""
+    stream = new_live_stream(request)
+    return live_outputs(stream, stream.update())
+
+
+@shows_errors
+def live_push(chunk: tuple[int, Any] | None, stream: LiveStream | None = None, request: gr.Request = None):
+    """One chunk of microphone audio (rate, samples) -> the live reading; starts a stream when there is none."""
+    arrived = time.perf_counter()
+    if stream is None or stream.finished:
+        stream = new_live_stream(request)
+    if chunk is None:
+        return live_outputs(stream, stream.update())
+    audio = to_16k(chunk[0], chunk[1], get_settings())
+    return live_outputs(stream, stream.push(audio, live_reader(get_predictor()), arrived=arrived))
+
+
+@shows_errors
+def live_end(stream: LiveStream | None = None, request: gr.Request = None):
+    """The person stopped: close the live timeline and hand the spoken part to the full analysis (16 kHz wav)."""
+    if stream is None:
+        raise MediaError("Nothing was recorded; press record and speak.")
+    update = stream.finish(live_reader(get_predictor()))
+    utterance = stream.utterance()
+    if utterance is None:
+        raise MediaError("No speech was heard; record again closer to the microphone.")
+    pcm = (np.clip(utterance, -1.0, 1.0) * 32767.0).astype(np.int16)
+    return (*live_outputs(stream, update), (SAMPLE_RATE, pcm))
 
 
 # ------------------------------------------------------------------------------------------ Label
@@ -462,6 +523,59 @@ def keyboard_js() -> str:
     )
 
 
+LIVE_HELP = """**Live voice:** press record and speak; the emotion updates while you talk (speech only, every
+{hop:g} s over the last {window:g} s; "not sure" under {threshold:.0%}). Stop, and the whole utterance gets the full
+analysis below."""
+
+
+def build_live_view() -> dict[str, Any]:
+    """The live-voice widgets (inside the Analyze tab's input column)."""
+    settings = get_settings()
+    with gr.Accordion("Live voice: emotion while you speak", open=True, elem_id="live-voice"):
+        gr.Markdown(
+            LIVE_HELP.format(
+                hop=settings.live_hop_seconds,
+                window=settings.live_window_seconds,
+                threshold=settings.live_uncertain_threshold,
+            )
+        )
+        widgets = {
+            "mic": gr.Audio(
+                sources=["microphone"], type="numpy", streaming=True, label="Live microphone", elem_id="live-in"
+            ),
+            "now": gr.HTML(elem_id="live-now"),
+            "probs": gr.Label(num_top_classes=3, label="Live reading", elem_id="live-label"),
+            "timeline": gr.HTML(elem_id="live-timeline"),
+            "json": gr.JSON(visible=False),
+            "state": gr.State(None, time_to_live=SESSION_TTL_S),
+            "api_in": gr.Audio(type="numpy", visible=False),  # /live_push: one chunk per call
+        }
+    return widgets
+
+
+def wire_live_view(live: dict[str, Any], analyze: tuple[list, list]) -> None:
+    """Streaming events; on stop the utterance goes into the Voice box and through the usual `predict`."""
+    settings = get_settings()
+    shown = [live["now"], live["probs"], live["timeline"], live["json"], live["state"]]
+    pool = {"concurrency_id": "live", "concurrency_limit": settings.live_streams}
+    live["mic"].start_recording(live_start, None, shown, api_name="live_start")
+    live["mic"].stream(
+        live_push,
+        [live["mic"], live["state"]],
+        shown,
+        stream_every=settings.live_chunk_seconds,
+        time_limit=int(settings.live_max_seconds),
+        api_name="live_stream",
+        api_visibility="private",
+        **pool,
+    )
+    live["api_in"].change(live_push, [live["api_in"], live["state"]], shown, api_name="live_push", **pool)
+    audio = analyze[0][0]
+    live["mic"].stop_recording(live_end, [live["state"]], [*shown, audio], api_name="live_end").success(
+        predict, *analyze, api_name="live_predict", api_visibility="private"
+    )
+
+
 def build_analyze_tab() -> None:
     session = gr.State(None, time_to_live=SESSION_TTL_S)
     gr.Markdown(INTRO.format(timeline=get_settings().timeline_min_seconds))
@@ -470,6 +584,7 @@ def build_analyze_tab() -> None:
             audio = gr.Audio(
                 sources=["microphone", "upload"], type="filepath", label="Voice: record or upload", elem_id="audio-in"
             )
+            live = build_live_view()
             with gr.Row():
                 image = gr.Image(
                     sources=["webcam", "upload", "clipboard"],
@@ -529,6 +644,7 @@ def build_analyze_tab() -> None:
     analyze.click(predict, [audio, video, image, text, session], outputs, api_name="predict")
     save.click(correct, [answer, note, consent, session], [stored, receipt, session], api_name="correct")
     delete.click(delete_my_data, [session], [stored, receipt, session], api_name="delete_my_data")
+    wire_live_view(live, analyze=([audio, video, image, text, session], outputs))
 
 
 def build_label_tab(settings: Settings) -> None:
