@@ -14,14 +14,12 @@ Run: `python app.py` (settings from EMO_* variables; GRADIO_SERVER_NAME / GRADIO
 
 from __future__ import annotations
 
-import contextlib
+import atexit
 import functools
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable
@@ -30,6 +28,8 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+import pandas as pd
+from gradio.utils import get_upload_folder
 
 from backend import live_view, present
 from backend.errors import MediaError, ModelError
@@ -44,6 +44,7 @@ from backend.streaming import LiveConfig, LiveStream, LiveUpdate, Reader, model_
 from backend.types import SAMPLE_RATE
 from labeling import agreement_report, service
 from labeling.errors import StoreError
+from labeling.served import ServedCopies
 from labeling.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,8 @@ MSG_NOTHING_READABLE = (
 )
 SESSION_TTL_S = 3600  # a session's pending analysis (audio bytes) is dropped an hour after its last use
 CACHE_TTL_S = 3600  # served copies of clips (and uploads) leave Gradio's cache after an hour
-SERVE_DIR = "emo-studio-serve"  # under the system temp dir: per-request copies of clips shown to annotators
-SERVE_TTL_S = 300  # such a copy is deleted after this (Gradio copies it into its cache at once)
+SERVE_TTL_S = 300  # a served copy of a clip is deleted after this (Gradio copies it into its cache at once)
+KEYS_STORAGE = "emo-studio-annotator-keys"  # localStorage entry: {annotator id: key} of this browser
 
 
 def _no_gpu_decorator(fn: Callable) -> Callable:
@@ -84,9 +85,19 @@ def get_settings() -> Settings:
 
 
 @functools.cache
+def get_served() -> ServedCopies:
+    """This process's private folder of clip copies shown to annotators; Gradio's cache mirrors them."""
+    served = ServedCopies(SERVE_TTL_S, CACHE_TTL_S, mirrors=lambda: [Path(get_upload_folder())])
+    atexit.register(served.close)
+    return served
+
+
+@functools.cache
 def get_store() -> Store:
     settings = get_settings()
-    return Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
+    store = Store.open(settings.database, settings.media_dir, k=settings.votes_per_clip, gold_rate=settings.gold_rate)
+    store.on_media_gone.append(get_served().purge)  # a deleted clip's served copies go with it
+    return store
 
 
 @functools.cache
@@ -300,27 +311,14 @@ def live_end(stream: LiveStream | None = None, request: gr.Request = None):
 # ------------------------------------------------------------------------------------------ Label
 
 
-def serve_copy(media_path: Path | None) -> str | None:
-    """A short-lived link or copy of a clip's media for one response; Gradio caches it under a secret hash.
+def serve_copy(view: service.ClipView) -> str | None:
+    """A short-lived private copy of a clip's media for one response (labeling.served); Gradio caches it.
 
     launch() blocks the media folder itself, so a stored file can be fetched only through a clip the
     queue handed to the requester, never by guessing its path."""
-    if media_path is None:
+    if view.media_path is None:
         return None
-    folder = Path(tempfile.gettempdir()) / SERVE_DIR
-    folder.mkdir(mode=0o700, exist_ok=True)
-    cutoff = time.time() - SERVE_TTL_S
-    for old in folder.iterdir():  # Gradio has long copied these into its cache
-        with contextlib.suppress(OSError):
-            if old.stat().st_mtime < cutoff:
-                old.unlink()
-    target = folder / f"{uuid.uuid4().hex}{media_path.suffix}"
-    try:
-        os.link(media_path, target)
-    except OSError:
-        shutil.copyfile(media_path, target)
-    os.utime(target)
-    return str(target)
+    return str(get_served().copy(view.clip_id, view.media_path))
 
 
 def show_clip(view: service.ClipView | None, annotator: str, message: str = "") -> tuple:
@@ -341,7 +339,7 @@ def show_clip(view: service.ClipView | None, annotator: str, message: str = "") 
             "",
             labeler,
         )
-    path = serve_copy(view.media_path)
+    path = serve_copy(view)
     context = (
         "" if view.prediction is None and not view.votes else present.clip_context_markdown(view.prediction, view.votes)
     )
@@ -349,7 +347,9 @@ def show_clip(view: service.ClipView | None, annotator: str, message: str = "") 
         gr.update(value=path if view.kind == "audio" else None, visible=view.kind == "audio"),
         gr.update(value=path if view.kind == "image" else None, visible=view.kind == "image"),
         gr.update(value=path if view.kind == "video" else None, visible=view.kind == "video"),
-        gr.update(value=f"> {view.text}" if view.text else message, visible=bool(view.text or message)),
+        gr.update(
+            value=present.clip_text_markdown(view.text) if view.text else message, visible=bool(view.text or message)
+        ),
         context,
         progress,
         view.clip_id,
@@ -367,15 +367,26 @@ def _annotator(labeler: dict | None) -> str:
 @shows_errors
 def next_item(
     name: str | None = None,
+    key: str | None = None,
+    known_keys: dict | None = None,
     labeler: dict | None = None,
     profile: gr.OAuthProfile | None = None,
     request: gr.Request = None,
 ):
-    """Identify the annotator (HF login on Spaces, else the typed name) and serve their next clip."""
+    """Identify the annotator (HF login on Spaces, else the typed name and its key) and serve their next clip.
+
+    A typed name's first Start issues its key, which this browser keeps (known_keys, localStorage) and the
+    key box shows; later a name needs its key, unless this session already proved it."""
     annotator = service.annotator_id_for(name, profile.username if profile else None)
     check_rate(annotator, request)
+    known_keys = dict(known_keys) if isinstance(known_keys, dict) else {}
+    proven = (labeler or {}).get("annotator")
+    key = service.identify(get_store(), annotator, key or known_keys.get(annotator), proven=proven)
+    if key:
+        known_keys[annotator] = key
     view = service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling)
-    return show_clip(view, annotator)
+    shown = show_clip(view, annotator)
+    return (*shown[:5], key or "", known_keys, *shown[5:])
 
 
 @shows_errors
@@ -384,28 +395,35 @@ def vote(
     unsure: bool = False,
     note: str | None = None,
     labeler: dict | None = None,
+    clip_id: str | None = None,
+    vote_key: str | None = None,
     request: gr.Request = None,
 ):
-    """Record the annotator's vote on the clip they hold, then serve the next one."""
+    """Record the annotator's vote on the clip they were handed, then serve the next one.
+
+    Safe to retry: clip_id names the clip the vote is about (the browser sends the one on screen), so a
+    retry after the first call went through never lands on the next clip; vote_key (any unique string per
+    vote, e.g. a uuid4) makes the store count the vote once and a retry return the first result."""
     annotator = _annotator(labeler)
     check_rate(annotator, request)
-    if not labeler.get("clip_id"):
-        raise StoreError("There is no clip to vote on; press Start / next clip.")
-    get_store().vote(
-        service.plain_text(labeler["clip_id"]),
+    store = get_store()
+    target = service.voted_clip(store, annotator, labeler.get("clip_id"), service.plain_text(clip_id) or None)
+    store.vote(
+        target,
         annotator,
         service.answer_labels(labels) or [],
         unsure=bool(unsure),
         note=service.plain_text(note) or None,
+        request_id=service.plain_text(vote_key) or None,
     )
-    return show_clip(service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling), annotator)
+    return show_clip(service.next_clip(store, annotator, blind=get_settings().blind_labeling), annotator)
 
 
 def quick_vote(label: str) -> Callable:
     """A one-emotion vote for a button (and its keyboard shortcut)."""
 
-    def vote_for(note: str | None, labeler: dict | None, request: gr.Request = None):
-        return vote([label], False, note, labeler, request)
+    def vote_for(note: str | None, labeler: dict | None, clip_id: str | None = None, request: gr.Request = None):
+        return vote([label], False, note, labeler, clip_id, None, request)
 
     return vote_for
 
@@ -440,17 +458,30 @@ def public_agreement(report: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in report.items() if key != "annotators"}
 
 
+def admin_retrain_log(token: str | None, request: gr.Request | None, settings: Settings) -> str:
+    """The latest retraining log's tail, for an admin only: it holds tracebacks, server paths and repo ids."""
+    if not token:
+        return ""
+    check_rate(request)  # slows down guessing the admin token
+    try:
+        service.require_admin(token, settings)
+    except StoreError:
+        return "_The retraining log is shown to admins only: that admin token is not right._"
+    retrain_log = service.retrain_status(settings)
+    return present.md_code_block(retrain_log) if retrain_log else ""
+
+
 @shows_errors
-def stats():
-    """Model card figures, store counts, label distribution, agreement and retraining history."""
+def stats(token: str | None = None, request: gr.Request = None):
+    """Model card figures, store counts, label distribution, agreement and retraining history; with the admin
+    token also the retraining log."""
     settings, store = get_settings(), get_store()
     info = present.model_info(model_folder(settings), get_predictor().model_version)
     figures = store.stats()
     report = agreement_report(store)
     runs = store.training_runs()
-    retrain_log = service.retrain_status(settings)
     return (
-        f"### Model `{info.version}`",
+        f"### Model {present.md_code(info.version)}",
         info.card or "_This model folder has no model card (README.md)._",
         info.metrics,
         gr.update(value=str(info.confusion) if info.confusion else None, visible=info.confusion is not None),
@@ -458,9 +489,17 @@ def stats():
         present.label_distribution(figures),
         present.agreement_markdown(report),
         present.runs_table(runs),
-        f"```\n{retrain_log}\n```" if retrain_log else "",
+        admin_retrain_log(token, request, settings),
         {"model_version": info.version, "stats": figures, "agreement": public_agreement(report), "training_runs": runs},
     )
+
+
+@shows_errors
+def annotators(token: str | None = None, request: gr.Request = None):
+    """Admin: who is who (sign-in, votes, gold accuracy, weight, agreement) per annotator."""
+    check_rate(request)
+    service.require_admin(token, get_settings())
+    return pd.DataFrame(service.annotator_overview(get_store()), columns=ANNOTATOR_COLUMNS)
 
 
 @shows_errors
@@ -504,7 +543,10 @@ then press **Analyze**. To pick a file instead of recording, use the upload icon
 Clips of {timeline:g} s or longer also get a timeline of the emotion over time. Below the result you can tell
 the model what the right answer was."""
 LABEL_HELP = """Listen or look, then press the emotion you perceive. Keys (when not typing in a box): **1-7** vote,
-**s** skips."""
+**s** skips. Your first **Start** gives your name a key: this browser keeps it; copy it to label from elsewhere."""
+ANNOTATOR_COLUMNS = [
+    "annotator", "kind", "identity", "since", "votes", "gold_seen", "gold_accuracy", "weight", "consensus_agreement"
+]  # fmt: skip
 BLIND_NOTE = " You will not see the model's answer or other people's votes while labelling."
 ADMIN_HELP = "Admins: paste the admin token (EMO_ADMIN_TOKEN) to export labels, start retraining or delete data."
 
@@ -589,6 +631,7 @@ def build_analyze_tab() -> None:
                 image = gr.Image(
                     sources=["webcam", "upload", "clipboard"],
                     type="filepath",
+                    image_mode=None,  # the upload as is: no decode + convert before load_image checks its size
                     label="Face: webcam snapshot or photo",
                     elem_id="image-in",
                 )
@@ -649,40 +692,57 @@ def build_analyze_tab() -> None:
 
 def build_label_tab(settings: Settings) -> None:
     labeler = gr.State(None, time_to_live=SESSION_TTL_S)
+    known_keys = gr.BrowserState({}, storage_key=KEYS_STORAGE, secret=KEYS_STORAGE)  # readable in the page anyway
     gr.Markdown(LABEL_HELP + (BLIND_NOTE if settings.blind_labeling else ""))
     if HF_LOGIN:
         gr.LoginButton()
     with gr.Row():
-        name = gr.Textbox(label="Your name" + (" (or sign in above)" if HF_LOGIN else ""), scale=3)
+        name = gr.Textbox(label="Your name" + (" (or sign in above)" if HF_LOGIN else ""), scale=2, elem_id="name")
+        key = gr.Textbox(
+            label="Your annotator key (kept by this browser)", type="password", scale=2, elem_id="annotator-key"
+        )
         start = gr.Button("Start / next clip", variant="primary", scale=1, elem_id="start-btn")
     progress = gr.Markdown(elem_id="progress")
     clip_audio = gr.Audio(type="filepath", interactive=False, visible=False, label="Clip")
     clip_image = gr.Image(type="filepath", interactive=False, visible=False, label="Clip")
     clip_video = gr.Video(interactive=False, visible=False, label="Clip")
-    clip_text = gr.Markdown(visible=False)
-    context = gr.Markdown()
+    clip_text = gr.Markdown(visible=False, elem_id="clip-text")
+    context = gr.Markdown(elem_id="context")
     clip_id = gr.Textbox(visible=False)
+    vote_key = gr.Textbox(visible=False)  # API clients: an idempotency key per vote (the README's "Voting")
     with gr.Row():
         buttons = {name: gr.Button(f"{i + 1} {name}", elem_id=f"vote-{name}") for i, name in enumerate(LABELS)}
     with gr.Row():
-        note = gr.Textbox(label="Note (optional)", scale=3)
+        note = gr.Textbox(label="Note (optional)", scale=3, elem_id="label-note")
         skip_btn = gr.Button("s Skip", elem_id="skip-btn", scale=1)
     with gr.Accordion("More than one emotion, or not sure?", open=False):
         several = gr.CheckboxGroup(list(LABELS), label="Emotions")
         unsure = gr.Checkbox(False, label="I'm not sure")
         submit = gr.Button("Submit vote", elem_id="submit-vote")
+    with gr.Accordion("Admin: who is who", open=False):
+        admin_token = gr.Textbox(label="Admin token (to see who is who)", type="password")
+        show_annotators = gr.Button("Show annotators", elem_id="show-annotators")
+        annotator_table = gr.Dataframe(headers=ANNOTATOR_COLUMNS, interactive=False, elem_id="annotators")
     shown = [clip_audio, clip_image, clip_video, clip_text, context, progress, clip_id, note, labeler]
+    started = [*shown[:5], key, known_keys, *shown[5:]]  # the API's last two stay clip id and note
     # labelling events share their own worker pool, so a backlog of predictions never slows a vote
     # (bench/serve.py: votes stay at ~0.3 s while 32 clients queue predictions)
     crowd = {"concurrency_id": "crowd", "concurrency_limit": LABEL_CONCURRENCY}
-    start.click(next_item, [name, labeler], shown, api_name="next_item", **crowd)
-    name.submit(next_item, [name, labeler], shown, api_name="next_item_enter", api_visibility="private", **crowd)
-    submit.click(vote, [several, unsure, note, labeler], shown, api_name="vote", **crowd)
+    who = [name, key, known_keys, labeler]
+    start.click(next_item, who, started, api_name="next_item", **crowd)
+    name.submit(next_item, who, started, api_name="next_item_enter", api_visibility="private", **crowd)
+    submit.click(vote, [several, unsure, note, labeler, clip_id, vote_key], shown, api_name="vote", **crowd)
     skip_btn.click(skip, [labeler], shown, api_name="skip", **crowd)
     for label, button in buttons.items():
         button.click(
-            quick_vote(label), [note, labeler], shown, api_name=f"vote_{label}", api_visibility="private", **crowd
+            quick_vote(label),
+            [note, labeler, clip_id],
+            shown,
+            api_name=f"vote_{label}",
+            api_visibility="private",
+            **crowd,
         )
+    show_annotators.click(annotators, [admin_token], annotator_table, api_name="annotators")
 
 
 def build_model_tab(settings: Settings) -> gr.Tab:
@@ -730,8 +790,8 @@ def build_model_tab(settings: Settings) -> gr.Tab:
                 del_annotator = gr.Button("Delete annotator", variant="stop", scale=1)
             admin_out = gr.Markdown()
     shown = [version, card, metrics, confusion, counts, distribution, agreement, runs, retrain_log, figures]
-    refresh.click(stats, None, shown, api_name="stats")
-    tab.select(stats, None, shown, api_name="stats_on_open", api_visibility="private")
+    refresh.click(stats, [token], shown, api_name="stats")
+    tab.select(stats, [token], shown, api_name="stats_on_open", api_visibility="private")
     export_btn.click(export, [token], admin_out, api_name="export")
     retrain_btn.click(retrain, [token], admin_out, api_name="retrain")
     del_clip.click(delete_clip, [token, clip_box], admin_out, api_name="delete_clip")

@@ -547,6 +547,38 @@ def _video_audio(path: Path, settings: Settings) -> np.ndarray | None:
         return None
 
 
+def clean_video(path: str | Path, ext: str) -> Path | None:
+    """A copy of the video without its metadata (location, device, creation time, chapters, data tracks),
+    remuxed by ffmpeg without re-encoding, beside the original under a fresh name (so two identical uploads
+    never write one file). Deterministic bytes (bitexact), so the same upload gets the same content address.
+    None when ffmpeg is missing or cannot remux it: then the video must not be kept at all."""
+    ffmpeg = _ffmpeg()
+    if ffmpeg is None:
+        logger.info("ffmpeg not on PATH: a video cannot be cleaned of its metadata, so it is not kept")
+        return None
+    source = Path(path)
+    fd, name = tempfile.mkstemp(dir=source.parent, prefix=".clean-", suffix=ext)
+    os.close(fd)
+    target = Path(name)
+    command = [
+        *(ffmpeg, "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(source)),
+        *("-map", "0:v?", "-map", "0:a?", "-c", "copy", "-dn", "-sn"),
+        *("-map_metadata", "-1", "-map_metadata:s:v", "-1", "-map_metadata:s:a", "-1", "-map_chapters", "-1"),
+        *("-fflags", "+bitexact", "-flags:v", "+bitexact", "-flags:a", "+bitexact", str(target)),
+    ]
+    try:
+        result = subprocess.run(command, capture_output=True, timeout=FFMPEG_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        result = None
+    if result is None or result.returncode != 0 or target.stat().st_size == 0:
+        logger.info(
+            "could not remux a video without its metadata: %s", (result.stderr if result else b"timeout")[-200:]
+        )
+        target.unlink(missing_ok=True)
+        return None
+    return target
+
+
 # ----------------------------------------------------------------------------------------------- text
 
 

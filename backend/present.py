@@ -6,6 +6,7 @@ the app only wires them to components. Tables are pandas DataFrames; images are 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,6 +40,37 @@ CONFUSION_GLOB = "*confusion*.png"
 
 def percent(p: float) -> str:
     return f"{100.0 * float(p):.0f}%"
+
+
+# ------------------------------------------------------------------------------------------ escaping
+# Every string that came from outside (names, notes, clip text, versions, ids, logs) goes into Markdown
+# through one of these. Gradio's sanitizer only strips event handlers: an <img> or <a> would still render.
+
+_MD_PUNCTUATION = re.compile(r"([\\`*_\[\]()#!|~])")  # emphasis, code, links, images, headings, tables
+
+
+def md_text(value: object) -> str:
+    """Literal inline text: HTML-escaped (no element can appear) and Markdown punctuation backslash-escaped
+    (no emphasis, code, link, image, heading or table); newlines become spaces (no new block)."""
+    text = " ".join(str(value).split())
+    return html.escape(_MD_PUNCTUATION.sub(r"\\\1", text), quote=True)
+
+
+def md_code(value: object) -> str:
+    """An inline code span of a string (backticks, which would end the span, become quotes)."""
+    return "`" + " ".join(str(value).replace("`", "'").split()) + "`"
+
+
+def md_code_block(text: str) -> str:
+    """A fenced code block of any text: the fence is longer than any backtick run inside it."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}\n{text}\n{fence}"
+
+
+def clip_text_markdown(text: str) -> str:
+    """A text clip shown to annotators, quoted."""
+    return f"> {md_text(text)}"
 
 
 # ------------------------------------------------------------------------------------------ analysis
@@ -150,10 +182,10 @@ def summary_markdown(prediction: Prediction, device: str | None = None) -> str:
     if prediction.duration:
         parts.append(f"{prediction.duration:.1f} s of audio")
     parts.append(f"took {prediction.latency_ms / 1000.0:.1f} s" + (f" on {device}" if device else ""))
-    parts.append(f"model `{prediction.model_version}`")
+    parts.append(f"model {md_code(prediction.model_version)}")
     text = " · ".join(parts)
     if prediction.notes:
-        text += "\n\n" + "\n".join(f"- {note}" for note in prediction.notes)
+        text += "\n\n" + "\n".join(f"- {md_text(note)}" for note in prediction.notes)
     return text
 
 
@@ -165,7 +197,7 @@ def receipt_markdown(receipt: dict[str, Any]) -> str:
     if receipt.get("vote_id") is None:
         said = "your answer 'unsure' (no emotion recorded)"
     else:
-        said = "your label " + " + ".join(f"**{name}**" for name in receipt["labels"])
+        said = "your label " + " + ".join(f"**{md_text(name)}**" for name in receipt["labels"])
         if receipt.get("unsure"):
             said += " (marked unsure)"
     kept = (
@@ -174,8 +206,8 @@ def receipt_markdown(receipt: dict[str, Any]) -> str:
         else "no media: only a fingerprint (hash) of it"
     )
     lines = [
-        f"Saved: {said}, the model's prediction (model `{receipt['model_version']}`) and {kept}.",
-        f"Clip `{receipt['clip_id'][:12]}`, contributor `{receipt['annotator_id']}`"
+        f"Saved: {said}, the model's prediction (model {md_code(receipt['model_version'])}) and {kept}.",
+        f"Clip {md_code(receipt['clip_id'][:12])}, contributor {md_code(receipt['annotator_id'])}"
         + (", with your note." if receipt.get("note") else "."),
         "Changed your mind? **Delete what I gave** removes it.",
     ]
@@ -205,7 +237,7 @@ def display_name(annotator_id: str) -> str:
 
 def progress_markdown(progress: dict[str, Any]) -> str:
     """An annotator's own progress: votes given, gold accuracy so far, clips still waiting."""
-    line = f"**{display_name(progress['annotator_id'])}**: {progress['votes']} vote(s) given"
+    line = f"**{md_text(display_name(progress['annotator_id']))}**: {progress['votes']} vote(s) given"
     if progress.get("gold_seen"):
         line += f", {percent(progress['gold_accuracy'] or 0.0)} right on {progress['gold_seen']} check item(s)"
     return line + f", {progress['remaining']} clip(s) waiting."
@@ -215,13 +247,14 @@ def clip_context_markdown(prediction: dict[str, Any] | None, votes: list[dict[st
     """What the model and other annotators said about a clip (shown only when labelling is not blind)."""
     lines = []
     if prediction:
-        lines.append(f"Model `{prediction['model_version']}` says **{prediction['top_label']}**.")
+        lines.append(f"Model {md_code(prediction['model_version'])} says **{md_text(prediction['top_label'])}**.")
     if votes:
         tally: dict[str, int] = {}
         for vote in votes:
             for label in vote["labels"]:
                 tally[label] = tally.get(label, 0) + 1
-        lines.append("Others voted: " + ", ".join(f"{k} x{v}" for k, v in sorted(tally.items(), key=lambda kv: -kv[1])))
+        ranked = sorted(tally.items(), key=lambda kv: -kv[1])
+        lines.append("Others voted: " + ", ".join(f"{md_text(k)} x{v}" for k, v in ranked))
     return "\n\n".join(lines) or "No prediction or votes yet."
 
 

@@ -5,6 +5,11 @@ so 0.5 before any gold item and near 0 for a spammer who labels every gold clip 
 weight is that accuracy above chance (1/K), rescaled to [0, 1]: an annotator at or below chance
 counts for nothing in the weighted label. 'gold' annotators (trusted experts) have reliability 1.
 Unsure votes count half. A multi-label vote splits its weight evenly over its labels.
+
+New annotators are on probation: a name costs nothing to make, so an annotator's weight also grows with
+the gold items they have answered, from 0 before the first to full after PROBATION_GOLD. Fresh names
+therefore cannot outvote proven annotators however many there are (the majority, which ignores weights,
+still counts them). 'gold' and 'import' annotators (curated labels) are exempt.
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from .store import Store
 
 UNSURE_WEIGHT = 0.5
 CHANCE = 1.0 / len(LABELS)
+PROBATION_GOLD = 4  # gold items answered before a new annotator's votes weigh in full
+TRUSTED_KINDS = ("gold", "import")
 
 
 @dataclass
@@ -49,6 +56,21 @@ def vote_weight(reliability_value: float) -> float:
     return max(reliability_value - CHANCE, 0.0) / (1.0 - CHANCE)
 
 
+def probation(n_gold: int) -> float:
+    """Share of full weight earned by answering gold items: 0 before any, 1 after PROBATION_GOLD."""
+    return min(max(n_gold, 0) / PROBATION_GOLD, 1.0)
+
+
+def annotator_weights(store: Store, reliabilities: dict[str, float]) -> dict[str, float]:
+    """Each annotator's vote weight: accuracy above chance, scaled down while on probation."""
+    stats = store.gold_stats()
+    kinds = {r["id"]: r["kind"] for r in store.db.query("SELECT id, kind FROM annotators")}
+    return {
+        aid: vote_weight(rel) * (1.0 if kinds.get(aid) in TRUSTED_KINDS else probation(stats.get(aid, (0, 0.0))[0]))
+        for aid, rel in reliabilities.items()
+    }
+
+
 def update_reliability(store: Store) -> dict[str, float]:
     """Recompute every annotator's reliability from gold votes, store it, and return it."""
     stats = store.gold_stats()
@@ -74,13 +96,16 @@ def aggregate_clip(
     reliabilities: dict[str, float],
     predicted_label: str | None = None,
     gold: str | None = None,
+    weights: dict[str, float] | None = None,
 ) -> ClipLabel:
-    """Aggregate one clip's votes, each (annotator_id, labels, unsure)."""
+    """Aggregate one clip's votes, each (annotator_id, labels, unsure).
+
+    weights: each annotator's vote weight (annotator_weights); without it, vote_weight of the reliability."""
     counts = dict.fromkeys(LABELS, 0.0)
     weighted = dict.fromkeys(LABELS, 0.0)
     for annotator_id, labels, unsure in votes:
         scale = UNSURE_WEIGHT if unsure else 1.0
-        w = vote_weight(reliabilities.get(annotator_id, 0.5))
+        w = weights.get(annotator_id, 0.0) if weights is not None else vote_weight(reliabilities.get(annotator_id, 0.5))
         for label in labels:
             counts[label] += scale / len(labels)
             weighted[label] += scale * w / len(labels)
@@ -110,6 +135,7 @@ FROM clips c ORDER BY c.created, c.id
 def aggregate_labels(store: Store, min_votes: int = 1) -> list[ClipLabel]:
     """Every clip with at least `min_votes` votes, and every gold clip, aggregated (reliability refreshed)."""
     reliabilities = update_reliability(store)
+    weights = annotator_weights(store, reliabilities)
     votes: dict[str, list[tuple[str, list[str], bool]]] = {}
     for r in store.db.query("SELECT clip_id, annotator_id, labels, unsure FROM votes ORDER BY id"):
         votes.setdefault(r["clip_id"], []).append((r["annotator_id"], json.loads(r["labels"]), bool(r["unsure"])))
@@ -118,5 +144,7 @@ def aggregate_labels(store: Store, min_votes: int = 1) -> list[ClipLabel]:
         clip_votes = votes.get(clip["id"], [])
         if len(clip_votes) < min_votes and clip["gold_label"] is None:
             continue
-        out.append(aggregate_clip(clip["id"], clip_votes, reliabilities, clip["predicted"], clip["gold_label"]))
+        out.append(
+            aggregate_clip(clip["id"], clip_votes, reliabilities, clip["predicted"], clip["gold_label"], weights)
+        )
     return out

@@ -29,7 +29,6 @@ from backend.labels import LABEL_TO_ID, LABELS
 
 from .aggregate import ClipLabel, aggregate_labels
 from .errors import StoreError
-from .media import sha256_hex
 from .store import Store, check_labels
 
 log = logging.getLogger(__name__)
@@ -108,7 +107,7 @@ def import_item(
     if data is None:  # a text clip: its words live in the text column, no media file
         clip_id = store.add_clip(
             None,
-            sha256=sha256_hex(text.encode("utf-8")),
+            sha256=store.text_clip_id(text),
             ext=".txt",
             modalities=["text"],
             source="import",

@@ -140,6 +140,30 @@ def _models(db: Database) -> None:
     )
 
 
+@MIGRATIONS(name="0004_vote_requests_annotator_keys")
+def _crowd_grade(db: Database) -> None:
+    db.execute(
+        """
+        CREATE TABLE vote_requests (
+            annotator_id TEXT NOT NULL REFERENCES annotators(id) ON DELETE CASCADE,
+            request_id TEXT NOT NULL,                      -- idempotency key: client-supplied or server-issued
+            clip_id TEXT NOT NULL REFERENCES clips(id) ON DELETE CASCADE,
+            vote_id INTEGER NOT NULL,                      -- the vote the first call stored
+            created TEXT NOT NULL,
+            PRIMARY KEY (annotator_id, request_id)
+        )"""
+    )
+    db.execute("CREATE INDEX vote_requests_clip ON vote_requests(clip_id)")
+    db.execute(
+        """
+        CREATE TABLE annotator_keys (
+            annotator_id TEXT PRIMARY KEY REFERENCES annotators(id) ON DELETE CASCADE,
+            key_hash TEXT NOT NULL,                        -- sha256 of the key issued on first use; never the key
+            created TEXT NOT NULL
+        )"""
+    )
+
+
 def migration_names() -> list[str]:
     """Names of every migration in order (tests compare them with what the database recorded)."""
     return [m.name for m in MIGRATIONS.pending(Database(memory=True))]

@@ -29,10 +29,12 @@ import numpy as np
 from PIL import Image
 
 from backend.labels import LABELS
-from backend.media import encode_wav, sha256_bytes
+from backend.media import clean_video, encode_wav, sha256_bytes
 from backend.settings import Settings
 from backend.types import Prediction, Sample
 
+from .aggregate import annotator_weights, update_reliability
+from .agreement import agreement_report
 from .errors import NotFoundError, StoreError
 from .io import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
 from .store import MAX_NOTE_CHARS, Store, check_id, check_labels, short
@@ -54,10 +56,12 @@ class Contribution:
     """An analysed input waiting for the person's answer; lives in their session, is stored only on answer.
 
     media: the bytes to keep with consent (16 kHz wav for audio, png for an image); a video upload is
-    kept as its file (media_file, a server temp path from the upload widget, never a user string).
+    kept as a copy of its file with the metadata removed (media_file, a server temp path, never a user
+    string; None when it could not be cleaned, and then only its hash is kept).
+    sha256: the content address; None for a text-only clip, whose id the store keys with its secret.
     """
 
-    sha256: str
+    sha256: str | None
     ext: str
     modalities: list[str]
     duration: float
@@ -115,7 +119,9 @@ def _video_ext(path: Path) -> str:
 def make_contribution(sample: Sample, prediction: Prediction, video: str | Path | None = None) -> Contribution:
     """The clip to keep for an analysed sample: the video file, else the audio, else the image, else text.
 
-    Its id is the sha256 of exactly the bytes that would be kept (text-only clips: of the UTF-8 text).
+    Its id is the sha256 of exactly the bytes that would be kept: the wav, the png (both re-encoded, so no
+    metadata), the video remuxed without its metadata (location, device, time). Text-only clips get their
+    id from the store, keyed with its secret (Store.text_clip_id).
     """
     common = {
         "modalities": sample.modalities,
@@ -126,7 +132,11 @@ def make_contribution(sample: Sample, prediction: Prediction, video: str | Path 
     }
     if video is not None:
         path = Path(video)
-        return Contribution(sha256=file_sha256(path), ext=_video_ext(path), media_file=str(path), **common)
+        ext = _video_ext(path)
+        cleaned = clean_video(path, ext)
+        if cleaned is None:
+            return Contribution(sha256=file_sha256(path), ext=ext, **common)
+        return Contribution(sha256=file_sha256(cleaned), ext=ext, media_file=str(cleaned), **common)
     if sample.audio is not None:
         data = encode_wav(sample.audio)
         return Contribution(sha256=sha256_bytes(data), ext=".wav", media=data, **common)
@@ -134,7 +144,7 @@ def make_contribution(sample: Sample, prediction: Prediction, video: str | Path 
         data = png_bytes(sample.frames[0])
         return Contribution(sha256=sha256_bytes(data), ext=".png", media=data, **common)
     if sample.text:
-        return Contribution(sha256=sha256_bytes(sample.text.encode("utf-8")), ext=".txt", **common)
+        return Contribution(sha256=None, ext=".txt", **common)
     raise StoreError("There is nothing to save: analyze audio, a video, an image or some text first.")
 
 
@@ -244,14 +254,15 @@ def _record(
     note: str | None,
     consent: bool,
 ) -> Receipt:
+    clip_sha = contribution.sha256 or store.text_clip_id(contribution.text or "")
     try:
-        had_media = store.get_clip(contribution.sha256)["media"] is not None
+        had_media = store.get_clip(clip_sha)["media"] is not None
         new_clip = False
     except NotFoundError:
         had_media, new_clip = False, True
     clip_id = store.add_clip(
         _media_to_keep(contribution) if consent else None,
-        sha256=contribution.sha256,
+        sha256=clip_sha,
         ext=contribution.ext,
         modalities=contribution.modalities,
         duration=contribution.duration,
@@ -324,6 +335,54 @@ class ClipView:
     text: str | None
     prediction: dict[str, Any] | None = None  # latest model reading; None when labelling is blind
     votes: list[dict[str, Any]] = field(default_factory=list)  # others' votes; empty when blind
+
+
+def identify(store: Store, annotator_id: str, key: str | None, *, proven: str | None = None) -> str | None:
+    """The key of whoever presses Start as annotator_id, or StoreError. A Hugging Face login ('hf:') needs no
+    key; a typed name must come with the key issued on its first use (a fresh name gets one here, returned
+    once); `proven`, the id this session already proved, needs none again."""
+    key = plain_text(key) or None
+    if annotator_id.startswith("hf:") or annotator_id == proven:
+        store.ensure_annotator(annotator_id, "crowd")
+        return key
+    return store.claim_annotator(annotator_id, key)
+
+
+def voted_clip(store: Store, annotator_id: str, held: str | None, named: str | None) -> str:
+    """The clip a vote is about: the one named, if it is the clip handed out or one this annotator already voted
+    on (a retry after the first call went through), else the clip handed out."""
+    held = (held or "").lower() or None
+    named = (named or "").lower() or None
+    if named and named != held and not store.has_voted(named, annotator_id):
+        raise StoreError("That clip was not handed to you; press Start / next clip.")
+    if not (named or held):
+        raise StoreError("There is no clip to vote on; press Start / next clip.")
+    return named or held
+
+
+def annotator_overview(store: Store) -> list[dict[str, Any]]:
+    """Admin: who is who. Per annotator: kind, how they sign in, votes, gold accuracy, weight, agreement."""
+    weights = annotator_weights(store, update_reliability(store))
+    keyed = {r["annotator_id"] for r in store.db.query("SELECT annotator_id FROM annotator_keys")}
+    created = {r["id"]: r["created"] for r in store.db.query("SELECT id, created FROM annotators")}
+    rows = []
+    for annotator_id, figures in agreement_report(store)["annotators"].items():
+        prefix = annotator_id.split(":", 1)[0] if ":" in annotator_id else ""
+        sign_in = {"hf": "Hugging Face login", "session": "anonymous session"}.get(prefix, "")
+        rows.append(
+            {
+                "annotator": annotator_id,
+                "kind": figures["kind"],
+                "identity": sign_in or ("name + key" if annotator_id in keyed else "no key yet"),
+                "since": str(created.get(annotator_id, ""))[:19],
+                "votes": figures["votes"],
+                "gold_seen": figures["gold_seen"],
+                "gold_accuracy": figures["gold_accuracy"],
+                "weight": round(weights.get(annotator_id, 0.0), 3),
+                "consensus_agreement": figures["consensus_agreement"],
+            }
+        )
+    return rows
 
 
 def annotator_id_for(name: str | None = None, hf_username: str | None = None) -> str:

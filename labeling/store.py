@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import math
 import sqlite3
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlite_utils import Database
 
 from backend.labels import LABELS, MODALITIES, normalize_label
 
-from . import media, queue
+from . import keys, media, queue
 from .db import SYNCHRONOUS, Connections
 from .errors import NotFoundError, StoreError
 
@@ -122,6 +123,9 @@ class Store:
     conns: Connections
     k: int = 3  # votes wanted per clip
     gold_rate: float = 0.1  # share of queue items that are gold
+    # called with the ids of clips whose media just went (deletion, consent withdrawn): the app purges its
+    # served copies of them
+    on_media_gone: list[Callable[[list[str]], None]] = field(default_factory=list)
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -240,6 +244,18 @@ class Store:
             )
         return clip_id
 
+    def text_clip_id(self, text: str) -> str:
+        """The id of a text-only clip: HMAC-SHA256 of its words under this store's secret, so an id kept without
+        consent cannot be turned back into a short sentence by hashing a dictionary (a bare sha256 can)."""
+        return hmac.new(keys.server_secret(self.path), text.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def _media_gone(self, clip_ids: list[str]) -> None:
+        for hook in self.on_media_gone:
+            try:
+                hook(clip_ids)
+            except Exception:  # a cache purge must never undo or block a deletion
+                log.exception("a media-gone hook failed")
+
     def get_clip(self, clip_id: str) -> dict[str, Any]:
         """The clip's row (modalities decoded); NotFoundError if it is not in the store."""
         rows = list(self.db.query("SELECT * FROM clips WHERE id = ?", [str(clip_id).lower()]))
@@ -262,6 +278,7 @@ class Store:
                 db.execute("UPDATE clips SET consent = 0, media = NULL, text = NULL WHERE id = ?", [clip["id"]])
         if not consent:
             media.remove(self.media_dir, clip["media"])
+            self._media_gone([clip["id"]])
             log.info("consent withdrawn for clip %s", short(clip["id"]))
 
     def add_gold(self, clip_id: str, label: str | None) -> None:
@@ -324,42 +341,104 @@ class Store:
         labels: list[str] | str,
         unsure: bool = False,
         note: str | None = None,
+        *,
+        request_id: str | None = None,
     ) -> int:
         """Record the annotator's current vote on a clip and return its id.
 
         A new vote replaces the annotator's previous one, which moves to vote_history; sending the
         same vote twice changes nothing. The annotator's lease on the clip is released. Unknown
         annotators are created as 'crowd' (call ensure_annotator first to choose the kind).
+
+        request_id: an idempotency key. The first call with a key stores the vote and remembers the key in
+        the same transaction; any later call by the same annotator with that key changes nothing and
+        returns the first call's vote id, so a client that timed out can safely send the vote again.
         """
         clip_id = str(clip_id).lower()
         annotator_id = check_id(annotator_id, "annotator")
+        request_id = check_id(request_id, "vote request") if request_id is not None else None
         labels_json = json.dumps(check_labels(labels))
         if note is not None and len(note) > MAX_NOTE_CHARS:
             raise StoreError(f"Notes are limited to {MAX_NOTE_CHARS} characters.")
         with self.write() as db:
+            if request_id is not None:
+                first = self._first_vote(db, annotator_id, request_id)
+                if first is not None:
+                    return first
             if not next(iter(db.query("SELECT 1 AS ok FROM clips WHERE id = ?", [clip_id])), None):
                 raise NotFoundError("That clip is not in the store (it may have been deleted).")
             self._ensure_annotator(db, annotator_id, "crowd")
             db.execute("DELETE FROM reservations WHERE clip_id = ? AND annotator_id = ?", [clip_id, annotator_id])
-            old = next(
-                iter(db.query("SELECT * FROM votes WHERE clip_id = ? AND annotator_id = ?", [clip_id, annotator_id])),
-                None,
-            )
-            if old is None:
-                cursor = db.execute(
-                    """INSERT INTO votes (clip_id, annotator_id, labels, unsure, note, created)
-                       VALUES (?, ?, ?, ?, ?, ?)""",
-                    [clip_id, annotator_id, labels_json, int(bool(unsure)), note, now_iso()],
+            vote_id = self._upsert_vote(db, clip_id, annotator_id, labels_json, int(bool(unsure)), note)
+            if request_id is not None:
+                db.execute(
+                    """INSERT INTO vote_requests (annotator_id, request_id, clip_id, vote_id, created)
+                       VALUES (?, ?, ?, ?, ?)""",
+                    [annotator_id, request_id, clip_id, vote_id, now_iso()],
                 )
-                return cursor.lastrowid
-            if (old["labels"], old["unsure"], old["note"]) == (labels_json, int(bool(unsure)), note):
-                return old["id"]
-            self._to_history(db, old, "replaced")
-            db.execute(
-                "UPDATE votes SET labels = ?, unsure = ?, note = ?, created = ? WHERE id = ?",
-                [labels_json, int(bool(unsure)), note, now_iso(), old["id"]],
+            return vote_id
+
+    @staticmethod
+    def _first_vote(db: Database, annotator_id: str, request_id: str) -> int | None:
+        """The vote id an earlier call with this idempotency key stored, or None."""
+        rows = db.query(
+            "SELECT vote_id FROM vote_requests WHERE annotator_id = ? AND request_id = ?", [annotator_id, request_id]
+        )
+        row = next(iter(rows), None)
+        return row["vote_id"] if row else None
+
+    def _upsert_vote(
+        self, db: Database, clip_id: str, annotator_id: str, labels_json: str, unsure: int, note: str | None
+    ) -> int:
+        old = next(
+            iter(db.query("SELECT * FROM votes WHERE clip_id = ? AND annotator_id = ?", [clip_id, annotator_id])),
+            None,
+        )
+        if old is None:
+            cursor = db.execute(
+                """INSERT INTO votes (clip_id, annotator_id, labels, unsure, note, created)
+                   VALUES (?, ?, ?, ?, ?, ?)""",
+                [clip_id, annotator_id, labels_json, unsure, note, now_iso()],
             )
+            return cursor.lastrowid
+        if (old["labels"], old["unsure"], old["note"]) == (labels_json, unsure, note):
             return old["id"]
+        self._to_history(db, old, "replaced")
+        db.execute(
+            "UPDATE votes SET labels = ?, unsure = ?, note = ?, created = ? WHERE id = ?",
+            [labels_json, unsure, note, now_iso(), old["id"]],
+        )
+        return old["id"]
+
+    def claim_annotator(self, annotator_id: str, key: str | None, kind: str = "crowd") -> str:
+        """Prove the caller may act as `annotator_id` and return the key that does.
+
+        The first claim of an id without a key issues a new random key (only its hash is stored); every later
+        claim must present that key, so typing someone's name no longer makes you them. StoreError otherwise.
+        """
+        annotator_id = check_id(annotator_id, "annotator")
+        with self.write() as db:
+            self._ensure_annotator(db, annotator_id, kind)
+            row = next(
+                iter(db.query("SELECT key_hash FROM annotator_keys WHERE annotator_id = ?", [annotator_id])), None
+            )
+            if row is None:
+                issued = keys.new_key()
+                db.execute(
+                    "INSERT INTO annotator_keys (annotator_id, key_hash, created) VALUES (?, ?, ?)",
+                    [annotator_id, keys.key_hash(issued), now_iso()],
+                )
+                log.info("issued a key to annotator %s", short(annotator_id))
+                return issued
+        if not key or not hmac.compare_digest(keys.key_hash(key), row["key_hash"]):
+            raise StoreError(keys.MSG_NAME_TAKEN)
+        return key
+
+    def has_voted(self, clip_id: str, annotator_id: str) -> bool:
+        rows = self.db.query(
+            "SELECT 1 AS ok FROM votes WHERE clip_id = ? AND annotator_id = ?", [str(clip_id).lower(), annotator_id]
+        )
+        return next(iter(rows), None) is not None
 
     @staticmethod
     def _to_history(db: Database, old: dict[str, Any], action: str) -> None:
@@ -496,6 +575,7 @@ class Store:
         if not counts.get("clips"):
             raise NotFoundError("That clip is not in the store (it may already have been deleted).")
         counts["files"] = sum(media.remove(self.media_dir, p) for p in paths)
+        self._media_gone([clip_id])
         log.info("deleted clip %s: %s", short(clip_id), json.dumps(counts, sort_keys=True))
         return counts
 
@@ -512,6 +592,8 @@ class Store:
             counts["annotators"] = 1
         counts = dict(counts)
         counts["files"] = sum(media.remove(self.media_dir, p) for p in paths)
+        if uploaded:
+            self._media_gone(uploaded)
         log.info("deleted annotator %s: %s", short(annotator_id), json.dumps(counts, sort_keys=True))
         return counts
 

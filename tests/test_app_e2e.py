@@ -93,7 +93,7 @@ def test_api_predict_correct_and_row_in_sqlite(client, studio, shared_data):  # 
 
 def test_api_vote_flow(client, studio, shared_data):  # noqa: F811
     seed_clip(studio, shared_data)
-    audio, _image, _video, _text, context, progress, clip_id, _note = client.predict(
+    audio, _image, _video, _text, context, _key, _keys, progress, clip_id, _note = client.predict(
         name="e2e-api", api_name="/next_item"
     )
     assert len(clip_id) == 64 and audio["visible"] is True

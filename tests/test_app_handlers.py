@@ -146,7 +146,7 @@ def test_video_upload_reads_the_face_and_keeps_the_file_with_consent(studio, tmp
     assert "face" in details["modalities"] and details["faces"]
     _, receipt, session = studio.correct(["neutral"], None, True, session)
     kept = studio.get_store().media_path(receipt["clip_id"])
-    assert kept.suffix == ".mp4" and kept.read_bytes() == video.read_bytes()
+    assert kept.suffix == ".mp4" and kept.read_bytes()[4:8] == b"ftyp"  # a remux without metadata (test_crowd_store)
     studio.delete_my_data(session)
     assert not kept.exists()
 
