@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -36,12 +37,12 @@ from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
 from backend.media import load_sample
 from backend.model import resolve_model_folder
-from backend.predictor import load_predictor
+from backend.predictor import LONG_CLIP_SECONDS, load_predictor
 from backend.ratelimit import MSG_BUSY_NETWORK, RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from backend.streaming import LiveConfig, LiveStream, LiveUpdate, Reader, model_threshold, speech_reader, to_16k
-from backend.types import SAMPLE_RATE
+from backend.types import SAMPLE_RATE, Prediction
 from labeling import agreement_report, service
 from labeling.errors import StoreError
 from labeling.served import ServedCopies
@@ -177,9 +178,31 @@ def new_session() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ Analyze
 
 
+LONG_JOBS_AT_ONCE = 2  # long clips analysed at once; the predict event gets this many workers more than usual
+MSG_LONG_BUSY = (
+    "Two long recordings are being analysed right now. Please try again in a few minutes, "
+    "or send a clip of under {seconds:g} s."
+)
+_long_jobs = threading.BoundedSemaphore(LONG_JOBS_AT_ONCE)
+
+
 @gpu
-def run_model(sample):
-    return get_predictor().predict(sample)
+def run_model(sample, progress: gr.Progress | None = None):
+    """The prediction; a long clip in steps that let other requests go first, reported on the progress bar."""
+    predictor = get_predictor()
+    if not predictor.is_long(sample):
+        return predictor.predict(sample)
+    if not _long_jobs.acquire(blocking=False):  # a third would hold a worker that short requests need
+        raise MediaError(MSG_LONG_BUSY.format(seconds=LONG_CLIP_SECONDS))
+    try:
+        for step in predictor.predict_steps(sample):
+            if isinstance(step, Prediction):
+                return step
+            if progress is not None:
+                progress(step, desc=f"Analysing {sample.duration / 60:.1f} minutes of audio")
+    finally:
+        _long_jobs.release()
+    raise RuntimeError("predict_steps ended without a prediction")
 
 
 @shows_errors
@@ -190,6 +213,7 @@ def predict(
     text: str | None = None,
     session: dict | None = None,
     request: gr.Request = None,
+    progress: gr.Progress = gr.Progress(),
 ):
     """Analyze whatever was given; the result waits in the session for the person's answer."""
     check_rate((session or {}).get("user"), request)
@@ -197,7 +221,7 @@ def predict(
         audio=audio or None, video=video or None, image=image or None, text=text, settings=get_settings()
     )
     try:
-        prediction = run_model(sample)
+        prediction = run_model(sample, progress)
     except ValueError as error:  # the predictor found nothing it could read, e.g. a photo without a face
         if not str(error).startswith("nothing to predict"):
             raise
@@ -684,7 +708,9 @@ def build_analyze_tab() -> None:
         stored = gr.Markdown(elem_id="stored")
         receipt = gr.JSON(visible=False)
     outputs = [emotion, summary, breakdown, words, faces, timeline, details, session, answer, stored]
-    analyze.click(predict, [audio, video, image, text, session], outputs, api_name="predict")
+    # long clips run in steps and leave the usual workers to short requests (LONG_JOBS_AT_ONCE more workers)
+    workers = get_settings().concurrency + LONG_JOBS_AT_ONCE
+    analyze.click(predict, [audio, video, image, text, session], outputs, api_name="predict", concurrency_limit=workers)
     save.click(correct, [answer, note, consent, session], [stored, receipt, session], api_name="correct")
     delete.click(delete_my_data, [session], [stored, receipt, session], api_name="delete_my_data")
     wire_live_view(live, analyze=([audio, video, image, text, session], outputs))

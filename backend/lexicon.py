@@ -4,10 +4,16 @@ This is the "emotion dictionary learned with a pretrained LM": every NRC word is
 text backbone (mean-pooled, L2-normalised); a word outside NRC borrows the similarity-weighted mean of
 its k nearest NRC words when they are close enough and agree on an emotion. Without a backbone the
 lexicon is plain NRC EmoLex.
+
+Embedding the 6,468 NRC words takes about 90 s on a small CPU, so it is done once per backbone and lexicon
+version: shipped in the model folder (LEXICON_FILE, float16, written by `build_lexicon_file` or
+`save_lexicon_file`) and otherwise cached under <cache>/lexicon/. CLI: `python -m backend.lexicon MODEL_FOLDER`.
 """
 
 from __future__ import annotations
 
+import argparse
+import functools
 import hashlib
 import importlib.util
 import itertools
@@ -19,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +33,7 @@ import numpy as np
 import torch
 
 from backend.errors import ModelError
+from backend.model_config import EmotionConfig
 from backend.text import TextBackbone, encode, mean_pool, tokenize
 from backend.types import WordTag
 
@@ -72,6 +79,8 @@ MAX_WORDS = 10_000  # words read per text; longer texts are truncated (hostile i
 MAX_EXPAND_PER_TEXT = 512  # new words embedded per text; the rest count as unknown
 MAX_CACHED_WORDS = 50_000  # in-process LRU of expansion results
 EMBED_BATCH = 256
+LEXICON_FILE = "lexicon_embeddings.safetensors"  # in a model folder: the NRC words' embeddings, float16
+EMBED_RECIPE = "mean-pool-l2-len16-fp16"  # how the words are embedded; part of the lexicon version
 _MIN_EXPAND_LEN, _MAX_EXPAND_LEN = 3, 24
 NEGATION_SCOPE = 3  # words after a negator whose emotion is cancelled (until punctuation)
 
@@ -155,18 +164,38 @@ def backbone_slug(name: str) -> str:
     return f"{safe[-48:].strip('._-')}-{hashlib.sha1(name.encode()).hexdigest()[:10]}"
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+@functools.cache
+def lexicon_version(path: Path | None = None) -> str:
+    """Recipe + hash of the NRC JSON: embeddings of another lexicon or recipe never pass for these."""
+    digest = hashlib.sha256((path or nrc_json_path()).read_bytes()).hexdigest()[:12]
+    return f"{EMBED_RECIPE}-{digest}"
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """write(tmp) then rename over `path`, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, array, allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model folder or cache is meant to be shared
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _valid(array: np.ndarray, shape: tuple[int, int], where: Path) -> np.ndarray | None:
+    """float32 copy of an embedding matrix of the expected shape with finite values, else None (logged)."""
+    if array.shape != shape or not np.isfinite(array).all():
+        log.warning("lexicon embeddings in %s have shape %s, expected %s; not used", where, array.shape, shape)
+        return None
+    return array.astype(np.float32)
+
+
+def cache_path(cache: Path, backbone_name: str) -> Path:
+    """<cache>/lexicon/<backbone slug>-<lexicon version>.npy"""
+    return Path(cache) / "lexicon" / f"{backbone_slug(backbone_name)}-{lexicon_version()}.npy"
 
 
 def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
@@ -178,27 +207,89 @@ def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
     except (OSError, ValueError, EOFError) as exc:
         log.warning("lexicon embedding cache %s unreadable (%s); rebuilding", path, exc)
         return None
-    if array.shape != shape or array.dtype != np.float32 or not np.isfinite(array).all():
-        log.warning("lexicon embedding cache %s has shape %s, expected %s; rebuilding", path, array.shape, shape)
+    return _valid(array, shape, path)
+
+
+def _save_cached(path: Path, matrix: np.ndarray) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.save(handle, matrix.astype(np.float16), allow_pickle=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    try:
+        _write_atomic(path, write)
+    except OSError as exc:  # a read-only cache must not stop the app
+        log.warning("could not write lexicon embedding cache %s: %s", path, exc)
+
+
+def save_lexicon_file(folder: Path, backbone_name: str, embeddings: np.ndarray) -> Path:
+    """Write <folder>/LEXICON_FILE: float16 embeddings tagged with the backbone and lexicon version."""
+    from safetensors.numpy import save_file
+
+    metadata = {"backbone": backbone_name, "lexicon_version": lexicon_version(), "words": str(len(embeddings))}
+    tensors = {"embeddings": np.ascontiguousarray(embeddings, dtype=np.float16)}
+    path = Path(folder) / LEXICON_FILE
+    _write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+    return path
+
+
+def read_lexicon_file(folder: Path, backbone_name: str, shape: tuple[int, int]) -> np.ndarray | None:
+    """The model folder's embeddings as float32 if they were made with this backbone, lexicon and width."""
+    from safetensors import safe_open
+
+    path = Path(folder) / LEXICON_FILE
+    if not path.is_file():
         return None
-    return array
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            array = handle.get_tensor("embeddings")
+    except Exception as exc:  # safetensors raises its own error types for damaged files
+        log.warning("lexicon embeddings %s unreadable (%s); not used", path, exc)
+        return None
+    wanted = {"backbone": backbone_name, "lexicon_version": lexicon_version()}
+    if any(meta.get(k) != v for k, v in wanted.items()):
+        log.info("%s is for %s, not %s; not used", path, {k: meta.get(k) for k in wanted}, wanted)
+        return None
+    return _valid(array, shape, path)
 
 
-def lexicon_embeddings(backbone: TextBackbone, words: list[str], cache: Path) -> np.ndarray:
-    """(N, D) embeddings of the lexicon words, from cache/lexicon/<slug>.npy or built and cached."""
-    path = Path(cache) / "lexicon" / f"{backbone_slug(backbone.name)}.npy"
+def lexicon_embeddings(backbone: TextBackbone, words: list[str], cache: Path, folder: Path | None = None) -> np.ndarray:
+    """(N, D) embeddings of the lexicon words: from the model folder's LEXICON_FILE, else the cache, else
+    embedded now (about 90 s for MiniLM on a small CPU) and cached. Always float16-rounded, whatever the source,
+    so every path gives the same lexicon."""
     shape = (len(words), backbone.hidden_size)
+    if folder is not None and (shipped := read_lexicon_file(folder, backbone.name, shape)) is not None:
+        return shipped
+    path = cache_path(cache, backbone.name)
     cached = _load_cached(path, shape)
     if cached is not None:
         return cached
     start = time.perf_counter()
-    matrix = embed_words(backbone, words)
-    log.info("embedded %d lexicon words in %.1f s", len(words), time.perf_counter() - start)
-    try:
-        _save_atomic(path, matrix)
-    except OSError as exc:  # a read-only cache must not stop the app
-        log.warning("could not write lexicon embedding cache %s: %s", path, exc)
+    matrix = embed_words(backbone, words).astype(np.float16).astype(np.float32)
+    log.info("embedded %d lexicon words in %.1f s (cached in %s)", len(words), time.perf_counter() - start, path)
+    _save_cached(path, matrix)
     return matrix
+
+
+def build_lexicon_file(folder: Path, cache: Path | None = None) -> Path | None:
+    """Ship the expanded lexicon with a model: write <folder>/LEXICON_FILE for the text backbone its config
+    names. Idempotent (a valid file is kept; the backbone is not even loaded); None when the model does not
+    expand its lexicon. Trainers call this after writing a model folder."""
+    from backend.settings import load_settings
+    from backend.text import load_text_backbone
+
+    config = EmotionConfig.load(Path(folder))
+    if not config.lexicon_expansion:
+        return None
+    words, _ = load_nrc()
+    path = Path(folder) / LEXICON_FILE
+    if read_lexicon_file(folder, config.text_backbone, (len(words), config.text_dim)) is not None:
+        return path
+    backbone = load_text_backbone(config.text_backbone)
+    embeddings = lexicon_embeddings(backbone, words, Path(cache or load_settings().cache))
+    return save_lexicon_file(folder, config.text_backbone, embeddings)
 
 
 def _choose_emotion(vector: np.ndarray, prototype_sims: np.ndarray | None, minimum: float) -> str | None:
@@ -382,10 +473,26 @@ def _label_to_nrc(label: str) -> str:
     return next(nrc for nrc, name in NRC_TO_LABEL.items() if name == label)
 
 
-def load_lexicon(backbone: TextBackbone | None, cache: Path) -> Lexicon:
-    """NRC EmoLex; with a backbone, expanded to unseen words (embeddings cached under cache/lexicon/)."""
+def load_lexicon(backbone: TextBackbone | None, cache: Path, folder: Path | None = None) -> Lexicon:
+    """NRC EmoLex; with a backbone, expanded to unseen words (embeddings from the model folder or the cache)."""
     words, vectors = load_nrc()
     if backbone is None:
         return Lexicon(words=words, vectors=vectors)
-    embeddings = lexicon_embeddings(backbone, words, Path(cache))
+    embeddings = lexicon_embeddings(backbone, words, Path(cache), folder)
     return Lexicon(words=words, vectors=vectors, backbone=backbone, embeddings=embeddings)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """CLI: write the expanded lexicon into model folders; prints JSON."""
+    parser = argparse.ArgumentParser(description="Ship the expanded lexicon's embeddings in model folders.")
+    parser.add_argument("folders", nargs="+", type=Path)
+    parser.add_argument("--cache", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    report = {str(f): str(build_lexicon_file(f, args.cache)) for f in args.folders}
+    print(json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -83,6 +83,10 @@ class EmotionModel(nn.Module):
         return folder
 
     @classmethod
+        if self.lexicon is not None and self.lexicon.expands:  # shipped, so loading never re-embeds it
+            from backend.lexicon import save_lexicon_file
+
+            save_lexicon_file(folder, self.lexicon.backbone.name, self.lexicon.embeddings)
     def from_pretrained(
         cls,
         name_or_path: str | Path,
@@ -94,7 +98,7 @@ class EmotionModel(nn.Module):
         """Load a model folder (local path, or Hub id with optional '@revision', e.g. 'me/emo@v3')."""
         folder = resolve_model_folder(str(name_or_path))
         config = EmotionConfig.load(folder)
-        model = build_model(config, cache=cache, device=device, load_backbones=load_backbones)
+        model = build_model(config, cache=cache, device=device, load_backbones=load_backbones, folder=folder)
         weights = folder / WEIGHTS_NAME
         if weights.exists():
             model.load_trainable(load_file(str(weights)))
@@ -183,11 +187,13 @@ def build_model(
 ) -> EmotionModel:
     """Fresh heads over the configured backbones, with adapters injected where the config asks.
 
+    folder: Path | None = None,
     modalities: which backbones to load (a trainer of one branch needs only its own).
     adapt_dims: set the config's backbone widths from the loaded backbones (new models only).
     """
     if not load_backbones:
         return EmotionModel(config)
+    folder: the model folder being loaded, whose shipped lexicon embeddings are used when they match.
     from backend.lexicon import LEXICON_FEATURES, load_lexicon
     from backend.settings import load_settings
     from backend.speech import load_speech_backbone
@@ -223,7 +229,7 @@ def build_model(
         if config.text_lora_rank:
             inject_lora(text.model, config.text_lora_targets, config.text_lora_rank, config.lora_alpha)
         base = dataclasses.replace(text, model=PretrainedView(text.model))
-        lexicon = load_lexicon(base if config.lexicon_expansion else None, cache)
+        lexicon = load_lexicon(base if config.lexicon_expansion else None, cache, folder)
     return EmotionModel(config, speech=speech, text=text, lexicon=lexicon).to(device)
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,12 +15,15 @@ from backend.branches import face_eval_logits, speech_forward_batched, text_forw
 from backend.errors import MediaError
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
+from backend.priority_lock import PriorityLock
 from backend.settings import Settings, load_settings
 from backend.types import SAMPLE_RATE, Face, ModalityResult, Prediction, Sample, Segment, probs_dict
 
 log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0  # Whisper's positional table covers 30 s; longer audio is windowed
+LONG_CLIP_SECONDS = WHISPER_MAX_SECONDS  # longer audio can be analysed in steps (predict_steps)
+STEP_WINDOWS = {"cpu": 2, "cuda": 64}  # timeline windows per step of a long analysis (~0.1 s of CPU each)
 
 
 def pick_device(setting: str) -> torch.device:
@@ -61,7 +64,11 @@ class Predictor:
     def __init__(self, model: EmotionModel, settings: Settings | None = None) -> None:
         self.model = model.eval()
         self.settings = settings or load_settings()
-        self.lock = threading.Lock()  # one forward at a time per process; Gradio's queue does the rest
+        self.lock = PriorityLock()  # one forward at a time per process; requests before long jobs' steps
+        if self.settings.asr and getattr(model.speech, "kind", "") == "whisper":
+            from backend.asr import preload
+
+            preload(model.speech, self.device)  # CTranslate2 Whisper loads while the app starts serving
 
     @property
     def model_version(self) -> str:
@@ -86,6 +93,68 @@ class Predictor:
             fused = self._fuse_all(len(samples), work)
             elapsed = (time.perf_counter() - start) * 1000 / max(1, len(samples))
             return [self._prediction(i, s, work, *fused[i], elapsed) for i, s in enumerate(samples)]
+
+    def is_long(self, sample: Sample) -> bool:
+        """Audio long enough to be analysed in steps (predict_steps) rather than in one go."""
+        return sample.audio is not None and sample.duration > LONG_CLIP_SECONDS
+
+    def predict_steps(self, sample: Sample) -> Iterator[float | Prediction]:
+        """predict(sample) in short steps for a long clip: yields the fraction done after each step, then the
+        Prediction (the same as predict's). Between steps the lock is free and waiting requests go first; the
+        transcription of a long clip runs on CTranslate2's own low-priority threads, outside the lock."""
+        if not self.is_long(sample):
+            yield self.predict(sample)
+            return
+        start, work = time.perf_counter(), _Work(notes={0: []})
+        ranges = windows(len(sample.audio), self.settings.segment_seconds, self.settings.segment_hop)
+        size = STEP_WINDOWS.get(self.device.type, STEP_WINDOWS["cpu"])
+        groups = [ranges[k : k + size] for k in range(0, len(ranges), size)]
+        pieces = self._asr_pieces(sample)
+        total, done = len(groups) + len(pieces) + 1, 0
+        segments: list[Segment] = []
+        for group in groups:
+            with self.lock.low(), torch.inference_mode(), self._autocast():
+                segments += self._segments(sample.audio, group)
+            done += 1
+            yield done / total
+        work.segments[0] = segments
+        work.speech_probs[0] = np.mean([[seg.probs[k] for k in LABELS] for seg in segments], axis=0)
+        texts = []
+        for piece in pieces:
+            texts.append(self._transcribe_step(piece))
+            done += 1
+            yield done / total
+        if pieces:
+            work.transcripts[0] = " ".join(t for t in texts if t)
+        with self.lock.low(), torch.inference_mode(), self._autocast():
+            self._run_text([sample], work)
+            self._run_faces([sample], work, False)
+            fused = self._fuse_all(1, work)[0]
+            yield self._prediction(0, sample, work, *fused, (time.perf_counter() - start) * 1000)
+
+    def _segments(self, audio: np.ndarray, ranges: list[tuple[int, int]]) -> list[Segment]:
+        """Timeline segments of audio[a:b] for each (a, b)."""
+        probs = self._calibrated(speech_forward_batched(self.model, [audio[a:b] for a, b in ranges]), "speech")
+        return [Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, probs_dict(p)) for (a, b), p in zip(ranges, probs)]
+
+    def _asr_pieces(self, sample: Sample) -> list[np.ndarray]:
+        """The 30 s pieces _run_asr would transcribe for this sample (none without ASR or with given text)."""
+        if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper" or sample.text:
+            return []
+        step = int(WHISPER_MAX_SECONDS * SAMPLE_RATE)
+        return [sample.audio[a : a + step] for a in range(0, len(sample.audio), step)]
+
+    def _transcribe_step(self, piece: np.ndarray) -> str:
+        """One piece of a long clip: CTranslate2's low-priority engine needs no lock (it shares no state with
+        the model); the transformers fallback switches adapters off in the model, so it takes the lock."""
+        from backend import asr
+
+        language = self.settings.asr_language
+        engine = asr.ct2_engine(self.model.speech, self.device, background=True)
+        if engine is not None:
+            return asr.ct2_transcribe(engine, [piece], language=language)[0]
+        with self.lock.low(), torch.inference_mode():
+            return asr.transformers_transcribe(self.model.speech, [piece], language=language)[0]
 
     def predict_chunked(self, samples: list[Sample], chunk: int = 16) -> list[Prediction]:
         """predict_batch over a long list, `chunk` samples at a time: bounded memory for evaluation jobs."""
@@ -126,8 +195,7 @@ class Predictor:
     def _run_asr(self, samples: list[Sample], work: _Work) -> None:
         if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper":
             return
-        from backend.lora import lora_disabled
-        from backend.speech import transcribe
+        from backend.asr import transcribe
 
         todo = [i for i, smp in enumerate(samples) if smp.audio is not None and not smp.text]
         chunks, owners = [], []
@@ -139,8 +207,7 @@ class Predictor:
                 owners.append(i)
         if not chunks:
             return
-        with lora_disabled(self.model.speech.model):
-            texts = transcribe(self.model.speech, chunks, language=self.settings.asr_language)
+        texts = transcribe(self.model.speech, chunks, language=self.settings.asr_language, device=self.device)
         for i, t in zip(owners, texts):
             work.transcripts[i] = (work.transcripts.get(i, "") + " " + t).strip()
 

@@ -15,6 +15,8 @@ from backend.lexicon import (
     LEXICON_FEATURES,
     NUM_DIMS,
     backbone_slug,
+    cache_path,
+    lexicon_version,
     load_lexicon,
     load_nrc,
 )
@@ -116,9 +118,10 @@ def test_slug_is_file_safe_and_distinct():
 
 def test_embedding_cache_is_written_reused_and_rebuilt(tiny, tmp_path, monkeypatch):
     lex = load_lexicon(tiny, tmp_path)
-    path = tmp_path / "lexicon" / f"{backbone_slug(tiny.name)}.npy"
-    assert path.is_file() and lex.embeddings.shape == (6468, 32)
-    np.testing.assert_allclose(np.linalg.norm(lex.embeddings, axis=1), 1.0, atol=1e-4)
+    path = cache_path(tmp_path, tiny.name)  # keyed by backbone and lexicon version
+    assert path.is_file() and lex.embeddings.shape == (6468, 32) and lex.embeddings.dtype == np.float32
+    assert backbone_slug(tiny.name) in path.name and lexicon_version() in path.name
+    np.testing.assert_allclose(np.linalg.norm(lex.embeddings, axis=1), 1.0, atol=2e-3)  # float16-rounded
     assert not list(path.parent.glob("*.tmp"))  # atomic write left nothing behind
 
     calls = []

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from backend.labels import MODALITIES
+from backend.lexicon import build_lexicon_file
 from backend.model import EmotionHeads
 from backend.model_card import LICENCES as LICENCES_TEXT
 from backend.model_card import render_card
@@ -127,6 +128,7 @@ def card_metrics(summaries: dict[str, dict]) -> dict[str, dict]:
     names = {
         "speech": ("ravdess-speech", "actors 17-20"),
         "text": ("goemotions-ekman", "dev (single-label)"),
+    build_lexicon_file(out)  # the expanded lexicon ships with the model: no 90 s embedding at app start
         "face": ("fer2013", "val"),
     }
     out = {}

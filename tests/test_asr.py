@@ -1,0 +1,115 @@
+"""Transcription through CTranslate2 (the wheels' own model.bin) with transformers as the fallback."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from backend import asr
+from backend.speech import N_FRAMES, N_SAMPLES, load_speech_backbone, log_mel
+from backend.types import SAMPLE_RATE
+from tests.conftest import RAVDESS
+
+CLIPS = [  # (file, what the old transformers path transcribed)
+    ("Actor_17/03-01-01-01-01-01-17.flac", "Kids are talking by the door."),
+    ("Actor_18/03-01-05-02-02-01-18.flac", "Dogs are sitting by the door."),
+    ("Actor_20/03-01-03-01-01-02-20.flac", "Kids are talking by the door."),
+]
+
+
+def _words(texts: list[str]) -> list[list[str]]:
+    """Lower-case words: int8 CTranslate2 and float32 transformers may differ in punctuation ("!" or ".")."""
+    return [re.findall(r"[a-z']+", t.lower()) for t in texts]
+
+
+def _read(name: str) -> np.ndarray:
+    audio, rate = sf.read(str(RAVDESS / name), dtype="float32")
+    assert rate == SAMPLE_RATE
+    return audio
+
+
+@pytest.mark.parametrize("seconds", [0.1, 1.0, 3.5, 4.0, 12.0, 25.0, 29.9, 30.0])
+def test_mel_keeps_a_margin_of_silence_and_stays_within_30_s(seconds):
+    n = int(seconds * SAMPLE_RATE)
+    frames = asr.padded_frames(n)
+    clip_frames = -(-n // 160)
+    assert frames % asr.FRAME_BUCKET == 0 and asr.MIN_FRAMES <= frames <= N_FRAMES
+    assert frames >= min(clip_frames + asr.MARGIN_FRAMES, N_FRAMES)
+    assert asr.MIN_TOKENS <= asr.token_cap(n) <= asr.MAX_TOKENS
+    assert asr.token_cap(n, max_new_tokens=10) == 10
+
+
+def test_trimmed_features_are_the_first_frames_of_the_30_s_mel():
+    rng = np.random.default_rng(0)
+    clip = (0.1 * rng.standard_normal(int(3.7 * SAMPLE_RATE))).astype(np.float32)
+    frames = asr.padded_frames(len(clip))
+    trimmed = asr.features([clip], frames)
+    full = log_mel(torch.nn.functional.pad(torch.from_numpy(clip)[None], (0, N_SAMPLES - len(clip))), 80)
+    assert trimmed.shape == (1, 80, frames)
+    np.testing.assert_allclose(trimmed, full[:, :, :frames].numpy(), atol=1e-5)
+
+
+def test_loops_are_recognised():
+    assert asr.looks_looping("Dogs are sitting by the door! " * 4, 40, 54)
+    assert asr.looks_looping("Kids are talking", 54, 54)  # ran into the cap
+    assert not asr.looks_looping("Kids are talking by the door.", 9, 54)
+    assert not asr.looks_looping("", 0, 24)
+
+
+def test_hub_backbones_fall_back_to_transformers(tiny_backbones, monkeypatch):
+    backbone = load_speech_backbone(tiny_backbones["speech"], cache=Path(tiny_backbones["cache"]))
+    assert asr.ct2_engine(backbone, torch.device("cpu")) is None  # not an offline alias: no CT2 model for it
+    calls = []
+    monkeypatch.setattr(
+        asr, "transformers_transcribe", lambda b, audio, language=None: calls.append(len(audio)) or [""]
+    )
+    assert asr.transcribe(backbone, [np.zeros(SAMPLE_RATE, np.float32)]) == [""]
+    assert calls == [1]
+
+
+@pytest.fixture(scope="module")
+def whisper_base(tmp_path_factory):
+    return load_speech_backbone("whisper-base", cache=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.mark.slow
+def test_ct2_transcribes_like_transformers(whisper_base):
+    engine = asr.ct2_engine(whisper_base, torch.device("cpu"))
+    assert engine is not None and (engine.device, engine.compute_type) == ("cpu", "int8")
+    audio = [_read(name) for name, _ in CLIPS]
+    expected = [text for _, text in CLIPS]
+    assert _words(asr.transcribe(whisper_base, audio)) == _words(expected)  # batched, one mel length
+    for clip, text in zip(audio, expected):  # one at a time, as the app calls it; clip 2 loops on 8 s of mel
+        assert _words(asr.transcribe(whisper_base, [clip], language="en")) == _words([text])
+    assert asr.transformers_transcribe(whisper_base, audio[:1]) == [CLIPS[0][1]]  # the fallback is the old path
+
+
+@pytest.mark.slow
+def test_long_and_silent_audio(whisper_base):
+    engine = asr.ct2_engine(whisper_base, torch.device("cpu"))
+    first, second = _read(CLIPS[0][0]), _read(CLIPS[1][0])
+    gap = np.zeros(N_SAMPLES - len(first), np.float32)  # the second statement starts the second 30 s piece
+    [text] = asr.ct2_transcribe(engine, [np.concatenate([first, gap, second])])
+    assert _words([text]) == _words([f"{CLIPS[0][1]} {CLIPS[1][1]}"])
+    [quiet] = asr.ct2_transcribe(engine, [np.zeros(2 * SAMPLE_RATE, np.float32)])
+    assert len(quiet.split()) <= asr.token_cap(2 * SAMPLE_RATE)  # whatever it hears, it does not loop on
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="thread priorities are read from Linux /proc")
+def test_background_engine_threads_run_at_the_lowest_priority(whisper_base):
+    normal = asr.ct2_engine(whisper_base, torch.device("cpu"))
+    before = set(os.listdir("/proc/self/task"))
+    engine = asr.ct2_engine(whisper_base, torch.device("cpu"), background=True)
+    assert engine is not None and engine is not normal
+    assert asr.ct2_transcribe(engine, [_read(CLIPS[0][0])]) == [CLIPS[0][1]]
+    new = set(os.listdir("/proc/self/task")) - before
+    nice = {tid: int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for tid in new}
+    assert nice and all(value == 19 for value in nice.values()), nice
+    assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the caller's own priority is untouched
