@@ -80,13 +80,13 @@ class EmotionModel(nn.Module):
         os.replace(tmp, folder / WEIGHTS_NAME)
         if card is not None:
             (folder / "README.md").write_text(card)
-        return folder
-
-    @classmethod
         if self.lexicon is not None and self.lexicon.expands:  # shipped, so loading never re-embeds it
             from backend.lexicon import save_lexicon_file
 
             save_lexicon_file(folder, self.lexicon.backbone.name, self.lexicon.embeddings)
+        return folder
+
+    @classmethod
     def from_pretrained(
         cls,
         name_or_path: str | Path,
@@ -184,16 +184,16 @@ def build_model(
     load_backbones: bool = True,
     modalities: tuple[str, ...] = ("speech", "text"),
     adapt_dims: bool = False,
+    folder: Path | None = None,
 ) -> EmotionModel:
     """Fresh heads over the configured backbones, with adapters injected where the config asks.
 
-    folder: Path | None = None,
     modalities: which backbones to load (a trainer of one branch needs only its own).
     adapt_dims: set the config's backbone widths from the loaded backbones (new models only).
+    folder: the model folder being loaded, whose shipped lexicon embeddings are used when they match.
     """
     if not load_backbones:
         return EmotionModel(config)
-    folder: the model folder being loaded, whose shipped lexicon embeddings are used when they match.
     from backend.lexicon import LEXICON_FEATURES, load_lexicon
     from backend.settings import load_settings
     from backend.speech import load_speech_backbone

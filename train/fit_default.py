@@ -120,6 +120,7 @@ def assemble(
     (out / "training_summary.json").write_text(
         json.dumps({b: {k: v for k, v in s.items() if k != "history"} for b, s in summaries.items()}, indent=2) + "\n"
     )
+    build_lexicon_file(out)  # the expanded lexicon ships with the model: no 90 s embedding at app start
     log.info("assembled %s (%s) from %s", out, version, run)
     return out
 
@@ -128,7 +129,6 @@ def card_metrics(summaries: dict[str, dict]) -> dict[str, dict]:
     names = {
         "speech": ("ravdess-speech", "actors 17-20"),
         "text": ("goemotions-ekman", "dev (single-label)"),
-    build_lexicon_file(out)  # the expanded lexicon ships with the model: no 90 s embedding at app start
         "face": ("fer2013", "val"),
     }
     out = {}
