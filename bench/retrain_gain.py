@@ -6,6 +6,10 @@ champion and challenger are compared on that user's held-out clips (their true l
     python bench/retrain_gain.py --model models/default --out runs/gain                    # full run (GPU)
     python bench/retrain_gain.py --model models/default --out /tmp/gain --limit 8 --epochs 1  # CPU smoke check
 
+Caveat: the "new user" (RAVDESS actors 17-18) was used to select v1's checkpoint and fit its gate slope, so the
+champion's baseline here is inflated and one seed of ~25 held-out clips cannot show a gain; bench/adapt_ased.py is
+the honest adaptation bench (a corpus v1 never saw, unseen scoring speakers, several seeds, a learning curve).
+
 Prints one JSON object (figures, the gate's decision, timings). The crowd: three annotators who give the true
 label with probabilities 0.9, 0.8 and 0.6 (else a random other label), and a share of the user's clips marked
 gold, from which the store estimates each annotator's reliability.

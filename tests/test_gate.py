@@ -167,8 +167,9 @@ def test_a_poisoned_batch_is_rejected_recorded_and_not_published(
     assert predictions.count("happy") / len(predictions) >= 0.6
     assert not decision["promote"]
     assert "not better on held-out corrections" in decision["reason"]
-    assert decision["challenger"][CORRECTIONS]["accuracy"] <= decision["champion"][CORRECTIONS]["accuracy"]
-    assert decision["superiority"]["ci_low"] <= 0 and "bootstrap" in decision["test"]
+    # a clip or two either way on 9 held-out clips is no evidence: the paired test does not call it better
+    assert not decision["superiority"]["significant"] and decision["superiority"]["ci_low"] <= 0
+    assert "bootstrap" in decision["test"]
     with Store.open(config.db) as store:
         (row,) = store.training_runs()
         assert row["decision"] == "rejected" and row["reason"] == decision["reason"]

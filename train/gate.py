@@ -13,7 +13,8 @@ that is not better is at most alpha).
 Dev sets are fixed subsets (same seed, same examples) of the splits no training ever sees: RAVDESS dev actors
 17-20 (speech branch), GoEmotions-ekman dev single-label (text branch), FER2013 val (face branch). The held-out
 corrections are scored through the predictor (fusion of every modality the clip has; no ASR) against their
-trusted labels; the slice rotates between runs (train.corrections.partition).
+trusted labels; the slice rotates between runs (train.corrections.partition). A rotated slice may hold clips an
+earlier run trained the champion on: that favours the champion, so it can only make promotion harder.
 
     python -m train.gate --db data/studio.db --champion models/v3 --challenger runs/x/challenger [--record]
 """

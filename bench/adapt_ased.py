@@ -1,0 +1,326 @@
+"""Adaptation to a new community, measured honestly: v1 (which never saw ASED, in training or in any selection)
+learns from crowd-labelled Amharic clips of one group of ASED speakers and is scored on other ASED speakers.
+
+For every seed and every number of corrections N (nested: the first N of one shuffled list per seed) the real path
+runs: N clips of the adaptation speakers (ASED train speakers) go into a fresh store as the app imports them, with
+v1's prediction (the hard negative); simulated annotators vote (3 of 5 per clip: three honest, two noisy that
+answer at random 30% of the time), 10% of the clips are gold-marked; the store aggregates; then
+`python -m train.retrain` runs in a subprocess (training, recalibration, the statistical gate) from --base-model.
+Scored: UAR/accuracy on every clip of the unseen ASED test speakers (speech branch, true labels; ASED dev speakers
+are left alone), forgetting on RAVDESS actors 17-20 and the text and face dev sets (the gate's own figures,
+champion vs challenger on the same examples), the gate's decision with its interval and test, ECE before/after.
+
+    # full run (GPU, ~45-75 min on one H200):
+    python bench/adapt_ased.py --base-model /work/v1-model --out runs/adapt_ased --json runs/adapt_ased.json
+    # CPU smoke check (~10-20 min on 2 cores): 25 corrections, 1 seed, 1 epoch, small dev/scoring sets
+    python bench/adapt_ased.py --base-model /work/v1-model --out /tmp/adapt --json /tmp/adapt.json --cpu --quick
+
+Writes one JSON file (rewritten after every run, so a stopped bench keeps what it measured; the same command with
+--resume continues it, e.g. under a per-command time limit) and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from backend.branches import speech_forward_batched  # noqa: E402
+from backend.labels import LABELS  # noqa: E402
+from backend.media import encode_wav  # noqa: E402
+from backend.model import EmotionModel  # noqa: E402
+from backend.predictor import Predictor  # noqa: E402
+from backend.settings import load_settings  # noqa: E402
+from backend.types import Sample  # noqa: E402
+from labeling.store import Store  # noqa: E402
+from train.corpora import ASED_TEST_SPEAKERS, ASED_TRAIN_SPEAKERS, Example, ased, shared_data_dir  # noqa: E402
+from train.fit_speech import load_clips  # noqa: E402
+from train.metrics import classification_report  # noqa: E402
+
+log = logging.getLogger("adapt_ased")
+
+# (annotator, chance of answering at random; otherwise the true label): three honest, two noisy
+CROWD = (("honest:1", 0.05), ("honest:2", 0.1), ("honest:3", 0.15), ("noisy:1", 0.3), ("noisy:2", 0.3))
+VOTES_PER_CLIP = 3
+GOLD_SHARE = 0.1
+SIZES = (25, 50, 100, 200, 400)
+FIGURES = ("n", "accuracy", "uar", "macro_f1")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--base-model", required=True, help="a model that never saw ASED (v1: /work/v1-model)")
+    p.add_argument("--out", required=True, help="work folder (stores, runs); must not exist")
+    p.add_argument("--json", default=None, help="where the figures go (default <out>/adapt_ased.json)")
+    p.add_argument("--data", default=str(shared_data_dir()))
+    p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of corrections")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--score-limit", type=int, default=0, help="score on a fixed subset of the unseen speakers")
+    p.add_argument("--speech-dev-size", type=int, default=0, help="RAVDESS 17-20 clips the gate judges (0 = 240)")
+    p.add_argument("--text-dev-size", type=int, default=1000)
+    p.add_argument("--face-dev-size", type=int, default=1000)
+    p.add_argument("--replay-limit", type=int, default=0)
+    p.add_argument("--calib-replay", type=int, default=120)
+    p.add_argument("--retrain-args", default="", help="more train.retrain flags, e.g. '--lr 1e-3'")
+    p.add_argument("--cpu", action="store_true")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a stopped bench: keep the runs already in --json, redo the rest (same --out)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke check: 25 corrections, seed 0, 1 epoch, 60 scored clips, small dev sets and replay",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.seeds, args.epochs, args.score_limit = "25", "0", 1, 60
+        args.speech_dev_size, args.text_dev_size, args.face_dev_size = 28, 100, 100
+        args.replay_limit, args.calib_replay = 64, 32
+    return args
+
+
+def check_base(folder: Path) -> None:
+    """Refuse a base model whose card or training summary mentions ASED (it would not be a new community)."""
+    for name in ("README.md", "training_summary.json", "config.json"):
+        path = folder / name
+        if path.is_file() and re.search(r"\based\b", path.read_text(errors="replace"), re.IGNORECASE):
+            raise SystemExit(f"{path} mentions ASED: the base model must never have seen it (use /work/v1-model)")
+
+
+def scoring_set(data: Path, limit: int) -> tuple[list[Example], list[np.ndarray]]:
+    """Every clip of the ASED test speakers (or a fixed `limit` of them) and its audio."""
+    clips = ased(data / "ased-speech-16k", ASED_TEST_SPEAKERS)
+    if limit and limit < len(clips):
+        keep = np.sort(np.random.default_rng(0).choice(len(clips), size=limit, replace=False))
+        clips = [clips[i] for i in keep]
+    return clips, load_clips(clips)
+
+
+def score(model: EmotionModel, audio: list[np.ndarray], clips: list[Example]) -> dict:
+    """Speech-branch figures against the true labels."""
+    with torch.inference_mode():
+        pred = speech_forward_batched(model.eval(), audio).argmax(-1).numpy()
+    report = classification_report(np.array([c.label for c in clips]), pred, LABELS)
+    return {k: report[k] for k in FIGURES}
+
+
+def vote_for(truth: int, noise: float, rng: np.random.Generator) -> str:
+    """The true label, or with probability `noise` a uniformly random label (which may be the true one)."""
+    return LABELS[int(rng.integers(len(LABELS))) if rng.random() < noise else truth]
+
+
+def fill_store(db: Path, clips: list[Example], audio: list[np.ndarray], base: EmotionModel, seed: int) -> dict:
+    """Import the clips with the base model's prediction, crowd votes and gold marks; returns counts."""
+    rng = np.random.default_rng([seed, len(clips)])
+    preds = Predictor(base, load_settings(asr=False)).predict_chunked([Sample(audio=w) for w in audio])
+    wrong_votes = 0
+    with Store.open(db, k=VOTES_PER_CLIP, gold_rate=0.0) as store:
+        for ex, wave, pred in zip(clips, audio, preds):
+            data, duration = encode_wav(wave), len(wave) / 16_000
+            clip = store.add_clip(
+                data, ext=".wav", modalities=["speech"], duration=duration, source="import", consent=True
+            )
+            store.add_prediction(clip, base.version, pred.probs)
+            if rng.random() < GOLD_SHARE:
+                store.add_gold(clip, LABELS[ex.label])
+            for i in rng.choice(len(CROWD), size=VOTES_PER_CLIP, replace=False):
+                annotator, noise = CROWD[int(i)]
+                label = vote_for(ex.label, noise, rng)
+                wrong_votes += label != LABELS[ex.label]
+                store.vote(clip, annotator, label)
+    return {"clips": len(clips), "votes": len(clips) * VOTES_PER_CLIP, "wrong_votes": wrong_votes}
+
+
+def retrain_command(args: argparse.Namespace, work: Path, seed: int) -> list[str]:
+    """The production retraining job, as a person would start it."""
+    cmd = [sys.executable, "-m", "train.retrain", "--db", str(work / "studio.db"), "--out", str(work / "run")]
+    cmd += ["--base-model", args.base_model, "--data", args.data, "--data-dir", str(work / "data")]
+    cmd += ["--epochs", str(args.epochs), "--seed", str(seed), "--replay-limit", str(args.replay_limit)]
+    cmd += ["--calib-replay", str(args.calib_replay), "--speech-dev-size", str(args.speech_dev_size)]
+    cmd += ["--text-dev-size", str(args.text_dev_size), "--face-dev-size", str(args.face_dev_size)]
+    cmd += ["--checkpoint-every", "0", "--no-lock"] + (["--cpu"] if args.cpu else [])
+    return cmd + shlex.split(args.retrain_args)
+
+
+def run_retrain(cmd: list[str], work: Path) -> tuple[dict, float]:
+    """Run train.retrain; returns (its JSON summary, wall seconds). Its log goes to <work>/retrain.log."""
+    start = time.perf_counter()
+    with (work / "retrain.log").open("w") as err:
+        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy())
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"train.retrain failed ({done.returncode}); see {work / 'retrain.log'}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), seconds
+
+
+def dev_changes(decision: dict) -> dict:
+    """Forgetting: challenger minus champion on each dev set the gate judged (same examples)."""
+    out = {}
+    for name, new in decision["challenger"].items():
+        old = decision["champion"].get(name)
+        if name == "corrections_holdout" or not new or not old:
+            continue
+        out[name] = {
+            "n": new["n"],
+            "champion": {k: old[k] for k in ("accuracy", "uar")},
+            "challenger": {k: new[k] for k in ("accuracy", "uar")},
+            "delta_accuracy": new["accuracy"] - old["accuracy"],
+            "delta_uar": new["uar"] - old["uar"],
+        }
+    return out
+
+
+def gate_figures(decision: dict) -> dict:
+    """The decision and the numbers behind it."""
+    sup = decision.get("superiority") or {}
+    return {
+        "promote": decision["promote"],
+        "reason": decision["reason"],
+        "test": decision.get("test"),
+        "held_out": {k: sup.get(k) for k in ("n", "delta", "ci_low", "ci_high", "ci_level", "p_bootstrap")},
+        "mcnemar": sup.get("mcnemar"),
+        "failed_checks": [f"{c['set']} {c['metric']}" for c in decision.get("checks", []) if not c.get("ok")],
+    }
+
+
+def one_run(args, work: Path, clips, audio, base, scoring, seed: int) -> dict:
+    """Store, crowd, retrain, gate, score: one point of the learning curve."""
+    work.mkdir(parents=True)
+    crowd = fill_store(work / "studio.db", clips, audio, base, seed)
+    summary, seconds = run_retrain(retrain_command(args, work, seed), work)
+    device = base.device
+    challenger = EmotionModel.from_pretrained(work / "run" / "challenger", cache=load_settings().cache, device=device)
+    unseen = score(challenger, scoring[1], scoring[0])
+    decision = summary["decision"]
+    return {
+        "corrections": len(clips),
+        "seed": seed,
+        "crowd": crowd,
+        "train_items": summary["train"]["items"],
+        "held_out": summary["held"],
+        "calibration_items": summary.get("calib"),
+        "unseen_speakers": unseen,
+        "dev": dev_changes(decision),
+        "gate": gate_figures(decision),
+        "calibration": summary.get("calibration"),
+        "retrain_wall_s": round(seconds, 1),
+        "train_loop_s": summary.get("seconds"),
+    }
+
+
+def spread(values: list[float]) -> dict:
+    arr = np.array([v for v in values if v is not None], dtype=float)
+    if not arr.size:
+        return {"n": 0}
+    sd = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return {"mean": float(arr.mean()), "sd": sd, "min": float(arr.min()), "max": float(arr.max()), "n": int(arr.size)}
+
+
+def curve(runs: list[dict], base_unseen: dict) -> list[dict]:
+    """One row per number of corrections: mean, sd, min, max over seeds."""
+    rows = []
+    for n in sorted({r["corrections"] for r in runs}):
+        at = [r for r in runs if r["corrections"] == n]
+
+        def points(name: str, key: str, runs: list[dict] = at) -> dict:
+            """Challenger minus champion on a dev set, in points (100 x)."""
+            return spread([100 * r["dev"][name][key] for r in runs if name in r["dev"]])
+
+        rows.append(
+            {
+                "corrections": n,
+                "seeds": len(at),
+                "uar_unseen": spread([r["unseen_speakers"]["uar"] for r in at]),
+                "uar_gain_points": spread([100 * (r["unseen_speakers"]["uar"] - base_unseen["uar"]) for r in at]),
+                "accuracy_unseen": spread([r["unseen_speakers"]["accuracy"] for r in at]),
+                "ravdess_dev_delta_accuracy_points": points("ravdess_dev", "delta_accuracy"),
+                "ravdess_dev_delta_uar_points": points("ravdess_dev", "delta_uar"),
+                "text_dev_delta_accuracy_points": points("goemotions_dev", "delta_accuracy"),
+                "face_dev_delta_accuracy_points": points("fer2013_val", "delta_accuracy"),
+                "promoted": sum(r["gate"]["promote"] for r in at),
+                "held_out_gain_ci": [
+                    [r["gate"]["held_out"]["ci_low"], r["gate"]["held_out"]["ci_high"], r["gate"]["held_out"]["n"]]
+                    for r in at
+                ],
+                "retrain_wall_s": spread([r["retrain_wall_s"] for r in at]),
+            }
+        )
+    return rows
+
+
+def write(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    check_base(Path(args.base_model))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=args.resume)
+    json_path = Path(args.json) if args.json else out / "adapt_ased.json"
+    done = json.loads(json_path.read_text())["runs"] if args.resume and json_path.is_file() else []
+    device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
+    sizes, seeds = [int(s) for s in args.sizes.split(",")], [int(s) for s in args.seeds.split(",")]
+    base = EmotionModel.from_pretrained(args.base_model, cache=load_settings().cache, device=device)
+    scoring = scoring_set(Path(args.data), args.score_limit)
+    base_unseen = score(base, scoring[1], scoring[0])
+    pool = ased(Path(args.data) / "ased-speech-16k", ASED_TRAIN_SPEAKERS)
+    report = {
+        "base_model": args.base_model,
+        "base_version": base.version,
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "adaptation_speakers": list(ASED_TRAIN_SPEAKERS),
+        "scoring_speakers": list(ASED_TEST_SPEAKERS),
+        "crowd": {"annotators": dict(CROWD), "votes_per_clip": VOTES_PER_CLIP, "gold_share": GOLD_SHARE},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
+        "base_unseen_speakers": base_unseen,
+        "runs": done,
+    }
+    log.info("v1 on %d clips of unseen ASED speakers: UAR %.3f", base_unseen["n"], base_unseen["uar"])
+    for seed in seeds:
+        order = np.random.default_rng([seed, 2026]).permutation(len(pool))
+        for n in sizes:
+            if any(r["seed"] == seed and r["corrections"] == n for r in done):
+                continue
+            clips, work = [pool[i] for i in order[:n]], out / f"seed{seed}" / f"n{n}"
+            shutil.rmtree(work, ignore_errors=True)  # a run stopped half-way starts again
+            started = time.perf_counter()
+            result = one_run(args, work, clips, load_clips(clips), base, scoring, seed)
+            report["runs"].append(result)
+            report["curve"] = curve(report["runs"], base_unseen)
+            write(json_path, report)
+            log.info(
+                "seed %d, %d corrections: UAR %.3f (v1 %.3f), gate %s, %.0f s",
+                seed,
+                n,
+                result["unseen_speakers"]["uar"],
+                base_unseen["uar"],
+                "promoted" if result["gate"]["promote"] else "rejected",
+                time.perf_counter() - started,
+            )
+    print(json.dumps(report, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
