@@ -32,7 +32,7 @@ def now_html(update: LiveUpdate) -> str:
         if shown == NOT_SURE:
             detail = f"maybe {latest.label} ({percent(latest.confidence)}, under {percent(update.threshold)})"
     return (
-        f'<div class="live-now" data-label="{html.escape(shown)}" data-state="{state}">'
+        f'<div class="live-now" data-label="{html.escape(shown)}" data-state="{state}" data-seconds="{update.seconds:.2f}">'
         f'<span style="font-size:2em;font-weight:700;color:{color}">{html.escape(shown)}</span> '
         f"<span>{html.escape(detail)}</span><br>"
         f"<small>{state} · {update.seconds:.1f} s heard</small></div>"

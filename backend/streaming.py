@@ -38,7 +38,7 @@ Reader = Callable[[list[np.ndarray]], list[dict[str, float]]]  # 16 kHz clips ->
 class LiveConfig:
     """How often and over what the live reading looks; see bench/streaming.py for the figures."""
 
-    window_s: float = 2.0
+    window_s: float = 1.5
     hop_s: float = 0.5
     uncertain_threshold: float = 0.5
     min_read_s: float = MIN_READ_SECONDS

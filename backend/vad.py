@@ -7,9 +7,10 @@ so many microphones can share the model. Audio in is 16 kHz mono float32, in any
 from __future__ import annotations
 
 import functools
-import importlib.resources
+import importlib.util
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -28,7 +29,10 @@ def _session():
     """The Silero onnx model, loaded once (1 thread: a frame costs ~0.1 ms; threads only add overhead)."""
     import onnxruntime
 
-    path = importlib.resources.files("silero_vad.data") / "silero_vad.onnx"
+    spec = importlib.util.find_spec("silero_vad")  # the file only: importing the package would import torch
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the silero-vad wheel is needed for live voice: pip install silero-vad")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "silero_vad.onnx"
     options = onnxruntime.SessionOptions()
     options.inter_op_num_threads = 1
     options.intra_op_num_threads = 1

@@ -9,6 +9,7 @@
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train3       bench/train.py: length buckets off / on, then batch 64 + 64 replay
 #   bash bench/device_bench.sh acc1         accelerate launch on one GPU (bf16): stopped + resumed vs uninterrupted
+#   bash bench/device_bench.sh live         bench/streaming.py (live voice latency) on CUDA (parts p1, a, live)
 set -uo pipefail
 STASH=/root/stash
 setup() {
@@ -72,4 +73,9 @@ from safetensors.torch import load_file
 a = load_file('/tmp/acc-full/challenger/model.safetensors'); b = load_file('/tmp/acc-resumed/challenger/model.safetensors')
 print({'max_abs_diff': max((a[k].float() - b[k].float()).abs().max().item() for k in a), 'tensors': len(a)})"
     for f in "$OUT"/acc_*.log; do echo "== $f"; grep -v 'it/s\]' "$f" | tail -n 2 | cut -c1-600; done ;;
+  live)  # bench/streaming.py on CUDA without Gradio (parts p1 + a, and `live`: see bench/streaming.py's docstring)
+    setup
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    EMO_DEVICE=cuda python3 bench/streaming.py --no-app --model /root/model --repeat 3 --out "$OUT/live_gpu.json" 2>&1 \
+      | grep -v 'it/s\]' | tail -n 80 ;;
 esac

@@ -7,7 +7,15 @@ Gradio's own transport (chunk upload, wav parsing, the SSE message) is not in th
 
     python bench/streaming.py                                    # CPU, the default grid
     python bench/streaming.py --chunks 0.5 --windows 2 --hops 0.5 --repeat 3
-    EMO_DEVICE=cuda python bench/streaming.py --repeat 3         # GPU
+    EMO_DEVICE=cuda python bench/streaming.py --repeat 3         # a GPU machine with the project installed
+
+The lent offline GPU machine has no Gradio: `--no-app` runs the same backend calls without app.py. Pack its
+part here, then carry .stash/p1, .stash/a (train/pack_for_device.py) and .stash/live one call each:
+
+    mkdir -p .stash/live && pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform manylinux_2_28_x86_64 -d .stash/live silero-vad onnxruntime soundfile cffi pycparser
+    python bench/streaming.py --pack .stash/live                 # the three clips, under .stash/live/data
+    # on the device: bash bench/device_bench.sh stash p1; ... stash a; ... stash live; bash bench/device_bench.sh live
 
 Prints one JSON object: per (chunk, window, hop): n readings, p50/p95 ms of chunks that gave a reading and of all
 chunks, the real-time factor (processing / audio seconds), readings per second of speech, and the share of
@@ -18,9 +26,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -58,6 +68,15 @@ def make_recording(shared: Path = SHARED, silence_s: float = SILENCE_S) -> tuple
     return np.concatenate(parts), spans
 
 
+def pack(folder: Path) -> dict:
+    """The bench's clips under folder/data (for an offline machine whose EMO_SHARED_DATA points there)."""
+    for rel, _ in CLIPS:
+        target = folder / "data" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(SHARED / rel, target)
+    return {"packed": [rel for rel, _ in CLIPS], "into": str(folder / "data")}
+
+
 def as_browser(audio16: np.ndarray) -> np.ndarray:
     """16 kHz mono float -> 48 kHz stereo int16 (n, 2), as gr.Audio(streaming=True) hands a chunk over."""
     up = torchaudio.functional.resample(torch.from_numpy(audio16), 16_000, BROWSER_RATE).numpy()
@@ -65,17 +84,71 @@ def as_browser(audio16: np.ndarray) -> np.ndarray:
     return np.stack([pcm, pcm], axis=1)
 
 
-def run_once(app, browser: np.ndarray, spans: list[tuple], chunk_s: float, realtime: bool) -> dict:
-    """One pass of the recording through app.live_push; returns per-chunk timings and the readings."""
+class Handler:
+    """One chunk in, (the reading's JSON, the stream) out: the app's `live_push`, or the same backend calls
+    without Gradio (`--no-app`, for machines without gradio: decode, VAD + reading, the live view's HTML)."""
+
+    def __init__(self, use_app: bool, model: str | None) -> None:
+        from backend.predictor import load_predictor
+        from backend.settings import load_settings
+
+        self.app = None
+        if use_app:
+            import app  # the app's handler, settings and cached predictor
+
+            self.app = app
+            self.base = app.get_settings()
+            self.predictor = app.get_predictor()
+        else:
+            self.base = load_settings()
+            self.predictor = load_predictor(model, settings=self.base)
+        self.settings = self.base
+
+    def configure(self, window: float, hop: float) -> None:
+        self.settings = dataclasses.replace(self.base, live_window_seconds=window, live_hop_seconds=hop)
+        if self.app is not None:
+            self.app.get_settings = lambda s=self.settings: s  # the handler reads the live_* settings
+
+    def push(self, chunk: tuple[int, np.ndarray], stream):
+        if self.app is not None:
+            *_, info, stream = self.app.live_push(chunk, stream)
+            return info, stream
+        from backend import live_view, streaming
+
+        arrived = time.perf_counter()
+        if stream is None:
+            threshold = streaming.model_threshold(self.predictor)
+            stream = streaming.LiveStream(streaming.LiveConfig.from_settings(self.settings, threshold))
+        audio = streaming.to_16k(chunk[0], chunk[1], self.settings)
+        update = stream.push(audio, reader(self.predictor), arrived=arrived)
+        live_view.now_html(update), live_view.timeline_html(update)
+        return update.to_dict(), stream
+
+    def end(self, stream) -> None:
+        if self.app is not None:
+            self.app.live_end(stream)
+        else:
+            stream.finish(reader(self.predictor))
+
+
+@functools.cache
+def reader(predictor):
+    from backend.streaming import speech_reader
+
+    return speech_reader(predictor)
+
+
+def run_once(handler: Handler, browser: np.ndarray, spans: list[tuple], chunk_s: float, realtime: bool) -> dict:
+    """One pass of the recording, chunk by chunk; returns per-chunk timings and the readings."""
     step = int(chunk_s * BROWSER_RATE)
     stream, timings, read_ms, labels = None, [], [], []
     started = time.perf_counter()
-    for k, a in enumerate(range(0, len(browser), step)):
+    for a in range(0, len(browser), step):
         if realtime:  # the chunk "arrives" when its last sample has been spoken
             due = started + (a + step) / BROWSER_RATE
             time.sleep(max(0.0, due - time.perf_counter()))
         t0 = time.perf_counter()
-        *_, info, stream = app.live_push((BROWSER_RATE, browser[a : a + step]), stream)
+        info, stream = handler.push((BROWSER_RATE, browser[a : a + step]), stream)
         ms = (time.perf_counter() - t0) * 1000
         timings.append(ms)
         if info["new_reading"]:
@@ -83,8 +156,7 @@ def run_once(app, browser: np.ndarray, spans: list[tuple], chunk_s: float, realt
             end = stream.latest.end
             truth = next((e for s, t, e in spans if s - 0.2 <= end <= t + 0.6), None)
             labels.append((truth, stream.latest.label))
-        del k
-    app.live_end(stream)  # closes the last segment (and runs the full analysis's input path)
+    handler.end(stream)  # closes the last segment (the app also hands the utterance on)
     speech = sum(seg.end - seg.start for seg in stream.segments)
     return {
         "all_ms": timings,
@@ -119,43 +191,103 @@ def summarize(runs: list[dict], audio_s: float) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunks", type=float, nargs="+", default=[0.25, 0.5], help="stream_every seconds")
-    parser.add_argument("--windows", type=float, nargs="+", default=[1.5, 2.0, 3.0])
+    parser.add_argument("--windows", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--hops", type=float, nargs="+", default=[0.5])
     parser.add_argument("--repeat", type=int, default=2, help="passes of the recording per configuration")
     parser.add_argument("--no-realtime", action="store_true", help="push chunks back to back (compute only)")
+    parser.add_argument("--no-app", action="store_true", help="backend calls without importing Gradio / app.py")
+    parser.add_argument("--model", default=None, help="model folder or Hub id (--no-app; default: the registry's)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--accuracy", action="store_true", help="reading accuracy per window on dev actors 17-20")
+    parser.add_argument("--pack", type=Path, default=None, help="copy the clips under DIR/data and stop")
     args = parser.parse_args(argv)
+    if args.pack:
+        return pack(args.pack)
+    if args.accuracy:
+        return print_report(accuracy(args.windows, args.hops[0], args.model), args.out)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import app  # the app's handlers, settings and cached predictor
-
-    predictor = app.get_predictor()
+    handler = Handler(not args.no_app, args.model)
     audio, spans = make_recording()
     browser = as_browser(audio)
-    app.live_push((BROWSER_RATE, browser[: BROWSER_RATE * 3]), None)  # warm-up: VAD session, first forward
-    results = []
-    base = app.get_settings()
-    for chunk in args.chunks:
-        for window in args.windows:
-            for hop in args.hops:
-                settings = dataclasses.replace(base, live_window_seconds=window, live_hop_seconds=hop)
-                app.get_settings = lambda s=settings: s  # the handler reads the live_* settings
-                runs = [run_once(app, browser, spans, chunk, not args.no_realtime) for _ in range(args.repeat)]
-                row = {"chunk_s": chunk, "window_s": window, "hop_s": hop, **summarize(runs, len(audio) / 16e3)}
-                log.warning("%s", row)
-                results.append(row)
+    handler.push((BROWSER_RATE, browser[: BROWSER_RATE * 3]), None)  # warm-up: VAD session, first forward
+    configs = [(c, w, h) for c in args.chunks for w in args.windows for h in args.hops]
+    runs: dict[tuple, list[dict]] = {cfg: [] for cfg in configs}
+    for _ in range(args.repeat):  # round robin, so a burst of load on the shared box hits every config alike
+        for chunk, window, hop in configs:
+            handler.configure(window, hop)
+            runs[(chunk, window, hop)].append(run_once(handler, browser, spans, chunk, not args.no_realtime))
+    results = [
+        {"chunk_s": c, "window_s": w, "hop_s": h, **summarize(runs[(c, w, h)], len(audio) / 16e3)}
+        for c, w, h in configs
+    ]
+    predictor = handler.predictor
     report = {
         "device": str(predictor.device),
+        "gpu": torch.cuda.get_device_name() if predictor.device.type == "cuda" else None,
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2),
+        "handler": "backend only" if args.no_app else "app.live_push",
         "model_version": predictor.model_version,
         "recording_s": round(len(audio) / 16_000, 2),
         "clips": [{"start_s": round(a, 2), "end_s": round(b, 2), "emotion": e} for a, b, e in spans],
         "realtime_paced": not args.no_realtime,
         "results": results,
     }
-    print(json.dumps(report, indent=2))
+    return print_report(report, args.out)
+
+
+def print_report(report: dict, out: Path | None) -> dict:
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out:
+        out.write_text(text + "\n")
     return report
+
+
+def accuracy(windows: list[float], hop: float, model: str | None) -> dict:
+    """Each strong-intensity RAVDESS clip of dev actors 17-20 alone, 0.5 s chunks back to back: how often a live
+    reading (and a segment's mean) names the clip's emotion, per window length. Not timed."""
+    from backend.predictor import load_predictor
+    from backend.settings import load_settings
+    from backend.streaming import LiveConfig, LiveStream
+
+    emotions = {"01": "neutral", "03": "happy", "04": "sad", "05": "angry", "06": "fearful", "07": "disgust"}
+    emotions["08"] = "surprised"
+    files = sorted(f for a in range(17, 21) for f in (SHARED / "ravdess-speech-16k" / f"Actor_{a:02d}").glob("*.flac"))
+    files = [f for f in files if f.name.split("-")[2] in emotions and f.name.split("-")[3] == "02"]
+    read = reader(load_predictor(model, settings=load_settings()))
+    rows = []
+    for window in windows:
+        hits, segs, first, sure = [], [], [], []
+        for f in files:
+            truth = emotions[f.name.split("-")[2]]
+            audio, _ = sf.read(f, dtype="float32")
+            stream = LiveStream(LiveConfig(window_s=window, hop_s=hop))
+            for a in range(0, len(audio), 8000):
+                stream.push(audio[a : a + 8000], read)
+            stream.finish(read)
+            labels = [r.label for seg in stream.segments for r in seg.readings]
+            sure += [(r.label == truth, r.sure) for seg in stream.segments for r in seg.readings]
+            hits += [x == truth for x in labels]
+            first += [labels[0] == truth] if labels else []
+            probs = [seg.probs for seg in stream.segments]
+            segs += [max(p, key=p.get) == truth for p in probs]
+        rows.append(
+            {
+                "window_s": window,
+                "clips": len(files),
+                "readings": len(hits),
+                "reading_accuracy": round(float(np.mean(hits)), 3),
+                "first_reading_accuracy": round(float(np.mean(first)), 3),
+                "sure_share": round(float(np.mean([ok for _, ok in sure])), 3),  # readings over the threshold
+                "sure_accuracy": round(float(np.mean([hit for hit, ok in sure if ok] or [0])), 3),
+                "segment_accuracy": round(float(np.mean(segs)), 3),
+            }
+        )
+        log.warning("%s", rows[-1])
+    return {"hop_s": hop, "results": rows}
 
 
 if __name__ == "__main__":

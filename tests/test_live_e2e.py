@@ -114,12 +114,14 @@ def browser(recording):
 
 
 WATCH_JS = """() => {
-  window.__live = [];
+  window.__live = []; window.__heard = [];
   const seen = () => {
     const e = document.querySelector('#live-now .live-now');
-    const label = e ? e.dataset.label : null;
+    if (!e) return;
+    const label = e.dataset.label, t = performance.now();
     const last = window.__live[window.__live.length - 1];
-    if (label && (!last || last.label !== label)) window.__live.push({label, t: performance.now()});
+    if (label && (!last || last.label !== label)) window.__live.push({label, t});
+    window.__heard.push({s: parseFloat(e.dataset.seconds), t});
   };
   new MutationObserver(seen).observe(document.body, {subtree: true, childList: true, characterData: true});
 }"""
@@ -133,11 +135,13 @@ def test_browser_fake_microphone_live_label_follows_the_recording(browser, serve
     page.wait_for_selector("#live-in")
     page.evaluate(WATCH_JS)
     page.click("#live-in button.record-button")
+    clicked = page.evaluate("() => performance.now()")
     page.wait_for_timeout(int((len(audio) / 16_000 + 1.0) * 1000))  # the whole recording, then stop
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("#live-voice").screenshot(path=str(ARTIFACTS / "analyze_live_recording.png"))
     page.click("#live-in button.stop-button")
     seen = page.evaluate("() => window.__live")
+    heard = page.evaluate("() => window.__heard")
     page.wait_for_function(
         "() => { const e = document.querySelector('#emotion-label'); return e && !e.querySelector('.empty'); }",
         timeout=TIMEOUT_MS,
@@ -147,9 +151,12 @@ def test_browser_fake_microphone_live_label_follows_the_recording(browser, serve
     page.screenshot(path=str(ARTIFACTS / "analyze_live.png"), full_page=True)
     blocks = page.eval_on_selector_all("#live-timeline .live-seg", "es => es.map(e => e.dataset.label)")
     summary = page.inner_text("#summary")
-    (ARTIFACTS / "analyze_live.json").write_text(json.dumps({"seen": seen, "timeline": blocks}, indent=2) + "\n")
+    lag = [round((h["t"] - clicked) / 1000 - h["s"], 2) for h in heard]  # wall time since Record - audio heard
+    report = {"seen": seen, "timeline": blocks, "lag_s": lag, "summary": summary}
+    (ARTIFACTS / "analyze_live.json").write_text(json.dumps(report, indent=2) + "\n")
     context.close()
     labels = [s["label"] for s in seen]
     assert in_order(EXPECTED, collapse(labels)), seen  # the live label followed the recording
     assert collapse(blocks) == EXPECTED, blocks  # one timeline block per spoken clip, silences left out
+    assert len(lag) > 10 and lag[-1] < lag[len(lag) // 2] + 2.0, lag  # keeps up: the backlog does not grow
     assert " s of audio" in summary and "speech" in summary, summary  # the full analysis ran on the utterance
