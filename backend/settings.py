@@ -50,7 +50,7 @@ class Settings:
     queue_size: int = 64
     concurrency: int = 2
     live_chunk_seconds: float = 0.5  # live microphone: audio the browser sends per chunk (bench/streaming.py)
-    live_window_seconds: float = 2.0  # live reading: the last this-many seconds of the current speech segment
+    live_window_seconds: float = 1.5  # live reading: the last this-many seconds of the current speech segment
     live_hop_seconds: float = 0.5  # a new live reading at most this often (seconds of audio)
     live_uncertain_threshold: float = 0.5  # "not sure" below this top probability (model config's wins if set)
     live_streams: int = 8  # live microphones served at once (each holds a worker while recording)
