@@ -63,3 +63,33 @@ def test_recalibrate_refits_the_temperature_and_reports_ece(tiny_model_dir, tiny
     few = recalibrate(model, fit[:10], held, ("text",), CalibrationConfig(min_items=30))["branches"]["text"]
     assert not few["refit"] and few["temperature_after"] == few["temperature_before"]  # too few: kept
     assert report["fusion"] == {"n_fit": 0, "refit": False}  # no multimodal corrections
+
+
+def test_fusion_is_refit_on_multimodal_calibration_corrections(tiny_model_dir, tiny_backbones, shared_data) -> None:
+    model = EmotionModel.from_pretrained(tiny_model_dir, cache=Path(tiny_backbones["cache"]))
+    rng = np.random.default_rng(0)
+    texts = text_examples(shared_data, 32)
+    fit = [
+        CorrectionItem(
+            f"m{i}", one_hot(e.label), audio=rng.standard_normal(16_000).astype(np.float32) * 0.1, text=e.text
+        )
+        for i, e in enumerate(texts)
+    ]
+    before = (model.heads.gate.bias.detach().clone(), model.heads.gate.slope.detach().clone())
+    report = recalibrate(model, fit, [], ("speech", "text"), CalibrationConfig(min_items=30))
+    fusion = report["fusion"]
+    assert fusion["refit"] and fusion["n_fit"] == 32 and fusion["after"]["nll"] <= fusion["before"]["nll"] + 1e-6
+    moved = not torch.equal(before[0], model.heads.gate.bias) or not torch.equal(before[1], model.heads.gate.slope)
+    assert moved
+
+
+def test_users_corrections_alone_calibrate_when_there_are_enough() -> None:
+    from train.recalibrate import calibration_rows
+
+    own = items(40)
+    replay = [CorrectionItem(f"calib:text:{i}", one_hot(0), text="x") for i in range(100)]
+    rows, source = calibration_rows(own + replay, "text", 30)
+    assert source == "corrections" and len(rows) == 40
+    rows, source = calibration_rows(own[:10] + replay, "text", 30)
+    assert source == "corrections + replay hold-back" and len(rows) == 110
+    assert calibration_rows(own[:5], "text", 30)[1] == "corrections"  # nothing else to add

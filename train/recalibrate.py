@@ -2,8 +2,9 @@
 calibration split that is neither its training data nor the promotion gate's held-out slice.
 
 The calibration set of a branch = the corrections of the calibration slice (train.corrections.partition) that
-have that modality + a fixed hold-back of base-corpus replay examples (taken out of the replay pool before
-training, so never trained on). Temperatures: train.calibrate.fit_temperature. Fusion: train.fit_gate.fit on the
+have that modality, alone when there are at least `min_items` of them (the users' own data), else together with
+a fixed hold-back of base-corpus replay examples (taken out of the replay pool before training, so never trained
+on). Temperatures: train.calibrate.fit_temperature. Fusion: train.fit_gate.fit on the
 calibrated branch probabilities of multimodal calibration corrections. A branch (or the fusion) with fewer than
 `min_items` examples keeps the champion's value, and the report says so. ECE/NLL before and after are reported
 on the calibration set and, for information only, on the gate's held-out corrections.
@@ -140,13 +141,13 @@ def fused_scores(model: EmotionModel, probs: np.ndarray, present: np.ndarray, y:
 def refit_fusion(model: EmotionModel, fit: list[CorrectionItem], min_items: int) -> dict:
     """Refit the fusion gate's reliability parameters with train.fit_gate.fit_gate on the multimodal
     calibration corrections (replay examples have one modality, so they never count here)."""
-    from train.fit_gate import fit_gate
-    from train.fusion_combos import Combos
-
     rows = [it for it in fit if len(it.modalities) >= 2]
     report = {"n_fit": len(rows), "refit": len(rows) >= min_items}
     if not rows:
         return report
+    from train.fit_gate import fit_gate
+    from train.fusion_combos import Combos
+
     probs, present = calibrated_rows(model, rows)
     y = np.array([it.label for it in rows], dtype=np.int64)
     kind = np.array(["corrections:" + "+".join(it.modalities) for it in rows])
@@ -158,6 +159,16 @@ def refit_fusion(model: EmotionModel, fit: list[CorrectionItem], min_items: int)
             fit_gate(gate, Combos(probs, present, y, kind, np.arange(len(rows))))
         report["after"] = fused_scores(model, probs, present, y)
     return report
+
+
+def calibration_rows(calib: list[CorrectionItem], branch: str, min_items: int) -> tuple[list[CorrectionItem], str]:
+    """The branch's calibration rows: the users' corrections alone when there are enough of them (the data the
+    app serves), else those plus the replay hold-back (ids 'calib:...'), which is base-corpus data."""
+    rows = [it for it in calib if branch in it.modalities]
+    own = [it for it in rows if not it.clip_id.startswith("calib:")]
+    if len(own) >= min_items or len(own) == len(rows):
+        return own, "corrections"
+    return rows, "corrections + replay hold-back"
 
 
 def recalibrate(
@@ -172,9 +183,9 @@ def recalibrate(
     model.eval()
     report: dict = {"min_items": cfg.min_items, "branches": {}}
     for branch in branches:
-        fit = [it for it in calib if branch in it.modalities]
+        fit, source = calibration_rows(calib, branch, cfg.min_items)
         held_b = [it for it in held if branch in it.modalities]
-        report["branches"][branch] = refit_temperature(model, branch, fit, held_b, cfg.min_items)
+        report["branches"][branch] = {"fit_on": source, **refit_temperature(model, branch, fit, held_b, cfg.min_items)}
         b = report["branches"][branch]
         log.info(
             "%s: temperature %.3f -> %.3f on %d items; ECE %.3f -> %.3f",

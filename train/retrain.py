@@ -13,8 +13,12 @@ A run that was stopped or killed continues from its last checkpoint with the sam
 Each step takes a batch of corrections (soft labels, reliability weights, hard negatives) plus a replay of the
 base corpora for every branch being trained; loss = cross-entropy + unlikelihood on the hard negative +
 supervised contrastive (with a per-class memory queue), see train.retrain_step. Heads, projections and existing
-LoRA adapters of the branches with data train; the backbones stay frozen. The gate (train.gate) then compares
-challenger and champion and records its decision in the store; a promoted model is published (train.publish).
+LoRA adapters of the branches with data train; the backbones stay frozen. The corrections split three ways by a
+hash of (clip, rotation): training, calibration (15%: the trained branches' temperatures and the fusion gate are
+refitted on it plus a hold-back of replay examples, train.recalibrate; ECE before/after in the summary) and the
+gate's held-out slice (20%); the rotation is the number of runs the store has recorded, so each run is judged on
+a fresh slice. The gate (train.gate: paired tests, see there) then compares challenger and champion and records
+its decision, figures and intervals in the store; a promoted model is published (train.publish).
 --out holds retrain_config.json, data_manifest.json, log.jsonl, checkpoints/step_N/, challenger/, decision.json.
 """
 
