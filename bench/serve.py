@@ -6,6 +6,15 @@ The store is seeded first with consented clips (predict + correct) so there is s
     python bench/serve.py --clients 1,8,32 --rounds 3 --out runs/bench/serve.json [--concurrency 2 --queue 64]
 
 Prints p50/p95 latency per endpoint and client count, requests/s and errors (queue full, timeouts, exceptions).
+
+Two more scenarios (issue 16), each printed beside the same requests on an unloaded app:
+
+    python bench/serve.py --scenario crowd --annotators 20 --predictors 4 --seconds 90 --think 2 --asr
+    python bench/serve.py --scenario hol --long-minutes 10 --asr
+
+crowd: annotators vote (one /vote a `think` seconds after the last answer) while clients predict 4 s clips back
+to back; vote latency with and without the predicting clients. hol (head of line): text-only and 4 s clip
+requests sent one after another while a long clip is analysed, against the same requests alone.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +165,161 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
     return out
 
 
+TEXT = "I am so happy and grateful today, this is wonderful news!"
+
+
+def call(fn: Callable[[], object], timeout: float) -> float:
+    """Seconds fn() took; TimeoutError after `timeout` (the call is left running in a daemon thread)."""
+    box: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fn()
+        except BaseException as exc:
+            box.append(exc)
+
+    start = time.perf_counter()
+    job = threading.Thread(target=run, daemon=True)
+    job.start()
+    job.join(timeout)
+    if job.is_alive():
+        raise TimeoutError(f"no answer in {timeout} s")
+    if box:
+        raise box[0]
+    return time.perf_counter() - start
+
+
+def figures(values: list[float]) -> dict:
+    """n, p50, p95, max in seconds."""
+    v = np.array(values) if values else np.array([np.nan])
+    return {
+        "n": len(values),
+        "p50_s": round(float(np.median(v)), 3),
+        "p95_s": round(float(np.percentile(v, 95)), 3),
+        "max_s": round(float(v.max()), 3),
+    }
+
+
+def crowd(url: str, clips: list[Path], annotators: int, predictors: int, seconds: float, think: float) -> dict:
+    """Annotators voting and clients predicting for `seconds`; latencies per endpoint."""
+    from gradio_client import Client, handle_file
+
+    lat: dict[str, list[float]] = {"vote": [], "predict": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+    stop = time.perf_counter() + seconds
+
+    def record(name: str, fn: Callable[[], object], timeout: float = 120.0) -> None:
+        try:
+            took = call(fn, timeout)
+            with lock:
+                lat[name].append(took)
+        except Exception as exc:
+            with lock:
+                errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
+
+    def annotator(i: int) -> None:
+        client = Client(url, verbose=False)
+        client.predict(name=f"bench{i}", api_name="/next_item")
+        while time.perf_counter() < stop:
+            time.sleep(think)
+            label = ["sad", "happy", "angry"][len(lat["vote"]) % 3]
+            record("vote", lambda label=label: client.predict(labels=[label], unsure=False, note="", api_name="/vote"))
+
+    def predictor(i: int) -> None:
+        client = Client(url, verbose=False)
+        k = i
+        while time.perf_counter() < stop:
+            clip = clips[k % len(clips)]
+            record("predict", lambda clip=clip: client.predict(audio=handle_file(str(clip)), api_name="/predict"))
+            k += predictors
+
+    threads = [threading.Thread(target=annotator, args=(i,)) for i in range(annotators)]
+    threads += [threading.Thread(target=predictor, args=(i,)) for i in range(predictors)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return {
+        "annotators": annotators,
+        "predictors": predictors,
+        "think_s": think,
+        "seconds": seconds,
+        "errors": len(errors),
+        "error_samples": sorted(set(errors))[:5],
+        **{name: figures(values) for name, values in lat.items()},
+    }
+
+
+def long_clip(clips: list[Path], minutes: float, folder: Path) -> Path:
+    """A `minutes`-long wav of RAVDESS clips one after another (16-bit PCM)."""
+    import soundfile as sf
+
+    parts, total, k = [], 0, 0
+    while total < minutes * 60 * 16_000:
+        audio, _ = sf.read(str(clips[k % len(clips)]), dtype="float32")
+        parts.append(audio)
+        total += len(audio)
+        k += 1
+    path = folder / f"long-{minutes:g}min.wav"
+    sf.write(str(path), np.concatenate(parts)[: int(minutes * 60 * 16_000)], 16_000, subtype="PCM_16")
+    return path
+
+
+def probe_requests(client, short: Path, rounds: int, until: Callable[[], bool] | None = None) -> dict:
+    """Text-only and 4 s clip requests one after another: `rounds` of each, or while until() is false."""
+    from gradio_client import handle_file
+
+    lat: dict[str, list[float]] = {"text_only": [], "short_clip": []}
+    for r in range(rounds):
+        if until is not None and until():
+            break
+        lat["text_only"].append(call(lambda r=r: client.predict(text=f"{TEXT} ({r})", api_name="/predict"), 120))
+        lat["short_clip"].append(call(lambda: client.predict(audio=handle_file(str(short)), api_name="/predict"), 120))
+    return lat
+
+
+def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folder: Path) -> dict:
+    """Short requests alone, then the same while a long clip is analysed; ratios of their medians."""
+    from gradio_client import Client, handle_file
+
+    short = clips[0]
+    client, long_client = Client(url, verbose=False), Client(url, verbose=False)
+    probe_requests(client, short, 2)  # warm-up: first requests load engines and caches
+    alone = probe_requests(client, short, rounds)
+    path = long_clip(clips, minutes, folder)
+    done: dict[str, float | str] = {}
+
+    def analyse_long() -> None:
+        try:
+            done["seconds"] = call(lambda: long_client.predict(audio=handle_file(str(path)), api_name="/predict"), 3600)
+        except Exception as exc:
+            done["error"] = f"{type(exc).__name__}: {exc}"[:300]
+
+    job = threading.Thread(target=analyse_long)
+    job.start()
+    time.sleep(5.0)  # the long clip is uploaded and its analysis under way
+    loaded = probe_requests(client, short, 10_000, until=lambda: bool(done))
+    job.join()
+    report: dict = {"long_clip_minutes": minutes, "long_clip": done}
+    for name in alone:
+        report[name] = {"alone": figures(alone[name]), "during_long_clip": figures(loaded[name])}
+        report[name]["ratio_p50"] = round(report[name]["during_long_clip"]["p50_s"] / report[name]["alone"]["p50_s"], 2)
+        report[name]["ratio_p95"] = round(report[name]["during_long_clip"]["p95_s"] / report[name]["alone"]["p95_s"], 2)
+    return report
+
+
+def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: Path) -> dict:
+    if args.scenario == "crowd":
+        loaded = crowd(url, clips, args.annotators, args.predictors, args.seconds, args.think)
+        alone = crowd(url, clips, args.annotators, 0, args.seconds, args.think)
+        predict_alone = crowd(url, clips, 0, args.predictors, args.seconds, args.think)
+        return {"with_predictors": loaded, "annotators_alone": alone, "predictors_alone": predict_alone}
+    if args.scenario == "hol":
+        return head_of_line(url, clips, args.long_minutes, args.rounds, folder)
+    return {"runs": [drive(url, clips, int(n), args.rounds, args.timeout) for n in args.clients.split(",")]}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--clients", default="1,8,32")
@@ -163,6 +328,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--queue", type=int, default=64, help="EMO_QUEUE_SIZE (the queue's max size)")
     p.add_argument("--asr", action="store_true", help="transcribe (the app's default); off: speech branch only")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds before a request counts as an error")
+    p.add_argument("--scenario", choices=["mixed", "crowd", "hol"], default="mixed")
+    p.add_argument("--annotators", type=int, default=20, help="crowd: annotators voting")
+    p.add_argument("--predictors", type=int, default=4, help="crowd: clients predicting 4 s clips back to back")
+    p.add_argument("--seconds", type=float, default=90.0, help="crowd: how long each phase runs")
+    p.add_argument("--think", type=float, default=2.0, help="crowd: seconds an annotator takes between votes")
+    p.add_argument("--long-minutes", type=float, default=10.0, help="hol: length of the long clip")
     p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -170,13 +341,13 @@ def main(argv: list[str] | None = None) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as tmp:
-        seed(Path(tmp), clips[:16])
+        seed(Path(tmp), clips if args.scenario == "crowd" else clips[:16])  # crowd: enough to vote on for minutes
         proc = start_app(Path(tmp), port, args)
         try:
             t0 = time.perf_counter()
             wait_up(url, proc)
             started = time.perf_counter() - t0
-            runs = [drive(url, clips, int(n), args.rounds, args.timeout) for n in args.clients.split(",")]
+            results = run_scenario(args, url, clips, Path(tmp))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -185,8 +356,10 @@ def main(argv: list[str] | None = None) -> dict:
         "queue": args.queue,
         "asr": args.asr,
         "startup_s": round(started, 1),
+        "scenario": args.scenario,
         "cpu_count": os.cpu_count(),
-        "runs": runs,
+        "load_avg": os.getloadavg(),
+        **results,
     }
     text = json.dumps(report, indent=2)
     if args.out:
