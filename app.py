@@ -280,7 +280,7 @@ def delete_my_data(session: dict | None = None, request: gr.Request = None):
 @functools.cache
 def live_reader(predictor: Any) -> Reader:
     """Speech-only live readings through the process's predictor (one per loaded model)."""
-    return speech_reader(predictor)
+    return speech_reader(predictor, threads=get_settings().live_threads)
 
 
 def live_outputs(stream: LiveStream, update: LiveUpdate) -> tuple:

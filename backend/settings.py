@@ -55,6 +55,7 @@ class Settings:
     live_uncertain_threshold: float = 0.5  # "not sure" below this top probability (model config's wins if set)
     live_streams: int = 8  # live microphones served at once (each holds a worker while recording)
     live_max_seconds: float = 120.0  # one live recording stops after this
+    live_threads: int = 1  # torch threads for a live reading on the CPU (0: the process's); bench/streaming.py
 
     @property
     def database(self) -> Path:

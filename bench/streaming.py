@@ -104,10 +104,13 @@ class Handler:
             self.predictor = load_predictor(model, settings=self.base)
         self.settings = self.base
 
-    def configure(self, window: float, hop: float) -> None:
-        self.settings = dataclasses.replace(self.base, live_window_seconds=window, live_hop_seconds=hop)
+    def configure(self, window: float, hop: float, threads: int) -> None:
+        self.settings = dataclasses.replace(
+            self.base, live_window_seconds=window, live_hop_seconds=hop, live_threads=threads
+        )
         if self.app is not None:
             self.app.get_settings = lambda s=self.settings: s  # the handler reads the live_* settings
+            self.app.live_reader.cache_clear()
 
     def push(self, chunk: tuple[int, np.ndarray], stream):
         if self.app is not None:
@@ -120,7 +123,7 @@ class Handler:
             threshold = streaming.model_threshold(self.predictor)
             stream = streaming.LiveStream(streaming.LiveConfig.from_settings(self.settings, threshold))
         audio = streaming.to_16k(chunk[0], chunk[1], self.settings)
-        update = stream.push(audio, reader(self.predictor), arrived=arrived)
+        update = stream.push(audio, reader(self.predictor, self.settings.live_threads), arrived=arrived)
         live_view.now_html(update), live_view.timeline_html(update)
         return update.to_dict(), stream
 
@@ -128,14 +131,61 @@ class Handler:
         if self.app is not None:
             self.app.live_end(stream)
         else:
-            stream.finish(reader(self.predictor))
+            stream.finish(reader(self.predictor, self.settings.live_threads))
+
+
+def server_round_trips(browser: np.ndarray, chunk_s: float, repeat: int) -> dict:
+    """The launched app driven by gradio_client's /live_push, paced in real time: what an API client sees per
+    chunk (wav upload, queue, handler, SSE reply) on top of the handler's own time."""
+    import tempfile
+
+    from gradio_client import Client, handle_file
+
+    import app
+
+    demo = app.build_demo()
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, **app.launch_options(app.get_settings())
+    )
+    step = int(chunk_s * BROWSER_RATE)
+    folder = Path(tempfile.mkdtemp(prefix="live-bench-"))
+    paths = []
+    for k, a in enumerate(range(0, len(browser), step)):
+        paths.append(folder / f"{k:04d}.wav")
+        sf.write(paths[-1], browser[a : a + step], BROWSER_RATE, subtype="PCM_16")
+    read_ms, all_ms = [], []
+    try:
+        for _ in range(repeat):
+            client = Client(url, verbose=False)  # a new session: a new stream
+            started = time.perf_counter()
+            for k, path in enumerate(paths):
+                time.sleep(max(0.0, started + (k + 1) * chunk_s - time.perf_counter()))
+                t0 = time.perf_counter()
+                *_, info = client.predict(chunk=handle_file(str(path)), api_name="/live_push")
+                all_ms.append((time.perf_counter() - t0) * 1000)
+                if info["new_reading"]:
+                    read_ms.append(all_ms[-1])
+            client.predict(api_name="/live_end")
+    finally:
+        demo.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    pct = lambda x, q: round(float(np.percentile(x, q)), 1) if len(x) else None  # noqa: E731
+    return {
+        "chunk_s": chunk_s,
+        "n_readings": len(read_ms),
+        "reading_p50_ms": pct(read_ms, 50),
+        "reading_p95_ms": pct(read_ms, 95),
+        "n_chunks": len(all_ms),
+        "chunk_p50_ms": pct(all_ms, 50),
+        "chunk_p95_ms": pct(all_ms, 95),
+    }
 
 
 @functools.cache
-def reader(predictor):
+def reader(predictor, threads: int = 0):
     from backend.streaming import speech_reader
 
-    return speech_reader(predictor)
+    return speech_reader(predictor, threads)
 
 
 def run_once(handler: Handler, browser: np.ndarray, spans: list[tuple], chunk_s: float, realtime: bool) -> dict:
@@ -193,11 +243,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--chunks", type=float, nargs="+", default=[0.25, 0.5], help="stream_every seconds")
     parser.add_argument("--windows", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     parser.add_argument("--hops", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--threads", type=int, nargs="+", default=[1], help="live_threads (0: the process's)")
     parser.add_argument("--repeat", type=int, default=2, help="passes of the recording per configuration")
     parser.add_argument("--no-realtime", action="store_true", help="push chunks back to back (compute only)")
     parser.add_argument("--no-app", action="store_true", help="backend calls without importing Gradio / app.py")
     parser.add_argument("--model", default=None, help="model folder or Hub id (--no-app; default: the registry's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--server", action="store_true", help="also: launched app + gradio_client round trips")
     parser.add_argument("--accuracy", action="store_true", help="reading accuracy per window on dev actors 17-20")
     parser.add_argument("--pack", type=Path, default=None, help="copy the clips under DIR/data and stop")
     args = parser.parse_args(argv)
@@ -211,17 +263,21 @@ def main(argv: list[str] | None = None) -> dict:
     audio, spans = make_recording()
     browser = as_browser(audio)
     handler.push((BROWSER_RATE, browser[: BROWSER_RATE * 3]), None)  # warm-up: VAD session, first forward
-    configs = [(c, w, h) for c in args.chunks for w in args.windows for h in args.hops]
+    configs = [(c, w, h, t) for c in args.chunks for w in args.windows for h in args.hops for t in args.threads]
     runs: dict[tuple, list[dict]] = {cfg: [] for cfg in configs}
     for _ in range(args.repeat):  # round robin, so a burst of load on the shared box hits every config alike
-        for chunk, window, hop in configs:
-            handler.configure(window, hop)
-            runs[(chunk, window, hop)].append(run_once(handler, browser, spans, chunk, not args.no_realtime))
+        for chunk, window, hop, threads in configs:
+            handler.configure(window, hop, threads)
+            runs[(chunk, window, hop, threads)].append(run_once(handler, browser, spans, chunk, not args.no_realtime))
     results = [
-        {"chunk_s": c, "window_s": w, "hop_s": h, **summarize(runs[(c, w, h)], len(audio) / 16e3)}
-        for c, w, h in configs
+        {"chunk_s": c, "window_s": w, "hop_s": h, "threads": t, **summarize(runs[(c, w, h, t)], len(audio) / 16e3)}
+        for c, w, h, t in configs
     ]
     predictor = handler.predictor
+    client = None
+    if args.server:
+        handler.configure(args.windows[0], args.hops[0], args.threads[0])
+        client = server_round_trips(browser, args.chunks[0], args.repeat)
     report = {
         "device": str(predictor.device),
         "gpu": torch.cuda.get_device_name() if predictor.device.type == "cuda" else None,
@@ -234,6 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
         "clips": [{"start_s": round(a, 2), "end_s": round(b, 2), "emotion": e} for a, b, e in spans],
         "realtime_paced": not args.no_realtime,
         "results": results,
+        "client_round_trip": client,
     }
     return print_report(report, args.out)
 
@@ -257,7 +314,7 @@ def accuracy(windows: list[float], hop: float, model: str | None) -> dict:
     emotions["08"] = "surprised"
     files = sorted(f for a in range(17, 21) for f in (SHARED / "ravdess-speech-16k" / f"Actor_{a:02d}").glob("*.flac"))
     files = [f for f in files if f.name.split("-")[2] in emotions and f.name.split("-")[3] == "02"]
-    read = reader(load_predictor(model, settings=load_settings()))
+    read = reader(load_predictor(model, settings=load_settings()), 1)
     rows = []
     for window in windows:
         hits, segs, first, sure = [], [], [], []

@@ -168,3 +168,16 @@ def test_recording_is_capped_at_max_seconds():
     stream = LiveStream(LiveConfig(max_seconds=2.0))
     feed(stream, silence(5.0), FakeReader())
     assert stream.seconds == pytest.approx(2.0)
+
+
+def test_torch_threads_are_put_back():
+    import torch
+
+    from backend.streaming import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with torch_threads(0):
+        assert torch.get_num_threads() == before
