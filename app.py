@@ -20,7 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -30,19 +29,20 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import pandas as pd
+import PIL.Image
 from gradio.utils import get_upload_folder
 
 from backend import live_view, present
 from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
-from backend.media import load_sample
+from backend.media import MSG_IMAGE_BOMB, load_sample
 from backend.model import resolve_model_folder
-from backend.predictor import LONG_CLIP_SECONDS, load_predictor
+from backend.predictor import load_predictor
 from backend.ratelimit import MSG_BUSY_NETWORK, RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from backend.streaming import LiveConfig, LiveStream, LiveUpdate, Reader, model_threshold, speech_reader, to_16k
-from backend.types import SAMPLE_RATE, Prediction
+from backend.types import SAMPLE_RATE
 from labeling import agreement_report, service
 from labeling.errors import StoreError
 from labeling.served import ServedCopies
@@ -575,6 +575,20 @@ BLIND_NOTE = " You will not see the model's answer or other people's votes while
 ADMIN_HELP = "Admins: paste the admin token (EMO_ADMIN_TOKEN) to export labels, start retraining or delete data."
 
 
+class UploadedImage(gr.Image):
+    """gr.Image for image_mode=None uploads, which Gradio hands over untouched (no decode, no RGB copy written under
+    a content-named cache path), so backend.media.load_image checks the pixel count from the header before any
+    decode; a header over PIL's own bomb limit gets the same clear refusal instead of Gradio's bare error."""
+
+    is_template = True  # the browser side is gr.Image's (no __init__ here: Gradio reads props from its signature)
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except PIL.Image.DecompressionBombError:
+            raise gr.Error(MSG_IMAGE_BOMB.format(limit=get_settings().max_image_pixels)) from None
+
+
 def keyboard_js() -> str:
     """Keys 1-7 press the emotion buttons and s presses Skip, unless typing in a field."""
     keys = {str(i + 1): f"vote-{name}" for i, name in enumerate(LABELS)} | {"s": "skip-btn"}
@@ -652,10 +666,10 @@ def build_analyze_tab() -> None:
             )
             live = build_live_view()
             with gr.Row():
-                image = gr.Image(
+                image = UploadedImage(
                     sources=["webcam", "upload", "clipboard"],
                     type="filepath",
-                    image_mode=None,  # the upload as is: no decode + convert before load_image checks its size
+                    image_mode=None,  # the upload as is: load_image checks its size before any decode
                     label="Face: webcam snapshot or photo",
                     elem_id="image-in",
                 )

@@ -11,6 +11,8 @@ import hashlib
 import json
 import socket
 import stat
+import struct
+import zlib
 from pathlib import Path
 
 import httpx
@@ -227,6 +229,17 @@ def test_a_huge_image_is_refused_from_its_header(server, huge_png, seen_images):
     assert seen_images == [original] * CONCURRENT  # the upload itself: Gradio decoded and converted nothing
 
 
+def test_a_header_over_pils_own_bomb_limit_gets_the_same_clear_refusal(server, tmp_path):
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 20_000, 20_000, 8, 0, 0, 0, 0)  # 400 Mpx, greyscale
+    path = tmp_path / "bomb.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)))
+    with pytest.raises(AppError, match="far more than 40,000,000 pixels"):
+        Client(server, verbose=False).predict(image=handle_file(str(path)), api_name="/predict")
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "LA"])
 def test_identical_concurrent_uploads_of_a_non_rgb_image_all_work(server, tmp_path, seen_images, mode):
     path = tmp_path / f"grey-{mode}.png"
@@ -294,7 +307,7 @@ def test_injection_payloads_in_every_field_render_as_text(page, studio):  # noqa
     page.get_by_role("tab", name="Label").click()
     for payload in PAYLOADS:
         page.locator("#name").locator("input, textarea").first.fill(payload)
-        page.locator("#annotator-key input").fill("")
+        page.locator("#annotator-key input").fill(payload)  # a fresh name ignores it and gets its own key
         page.click("#start-btn")
         wait_text(page, "#progress", f"{payload}: 0 vote(s)")  # the name, literally
         shown = page.inner_text("#clip-text")
@@ -304,6 +317,11 @@ def test_injection_payloads_in_every_field_render_as_text(page, studio):  # noqa
         page.click("#vote-happy")
         wait_text(page, "#progress", f"{payload}: 1 vote(s)")
         nothing_came_alive(page)
+    page.get_by_text("Admin: who is who").click()
+    page.get_by_label("Admin token (to see who is who)").fill(PAYLOADS[0])
+    page.click("#show-annotators")
+    page.wait_for_timeout(1_500)
+    nothing_came_alive(page)
     page.get_by_role("tab", name="Analyze").click()
     for payload in PAYLOADS[:3]:
         page.get_by_label("Text (optional)").fill(payload)
@@ -317,8 +335,22 @@ def test_injection_payloads_in_every_field_render_as_text(page, studio):  # noqa
     page.get_by_role("tab", name="Model").click()
     page.get_by_text("Admin", exact=True).click()
     for payload in PAYLOADS[:3]:
-        page.get_by_label("Admin token").fill(payload)
+        page.get_by_label("Admin token", exact=True).fill(payload)
         page.get_by_label("Clip id to delete").fill(payload)
         page.click("text=Delete clip")
         page.wait_for_timeout(1_500)
         nothing_came_alive(page)
+
+
+def test_a_browser_upload_of_a_greyscale_photo_is_analysed(page, tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray((np.arange(128 * 128) % 241).reshape(128, 128).astype(np.uint8), "L").save(path)
+    page.get_by_role("tab", name="Analyze").click()
+    page.click("#image-in button[aria-label='Upload file']")
+    page.locator("#image-in input[type=file]").set_input_files(str(path))
+    page.wait_for_selector("#image-in img", state="attached")
+    page.get_by_label("Text (optional)").fill("What a wonderful surprise, I love it")
+    page.click("#analyze-btn")
+    settle(page)
+    assert any(name in page.inner_text("#emotion-label") for name in LABELS)
+    assert "face" in page.inner_text("#summary").lower()  # the photo was read (no face in it: said so)
