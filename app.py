@@ -20,6 +20,7 @@ import importlib.util
 import json
 import logging
 import os
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,12 +38,12 @@ from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
 from backend.media import MSG_IMAGE_BOMB, load_sample
 from backend.model import resolve_model_folder
-from backend.predictor import load_predictor
+from backend.predictor import LONG_CLIP_SECONDS, load_predictor
 from backend.ratelimit import MSG_BUSY_NETWORK, RateLimiter, RateLimitError
 from backend.registry import current_model
 from backend.settings import Settings, load_settings
 from backend.streaming import LiveConfig, LiveStream, LiveUpdate, Reader, model_threshold, speech_reader, to_16k
-from backend.types import SAMPLE_RATE
+from backend.types import SAMPLE_RATE, Prediction
 from labeling import agreement_report, service
 from labeling.errors import StoreError
 from labeling.served import ServedCopies
