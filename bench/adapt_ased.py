@@ -10,9 +10,11 @@ Scored: UAR/accuracy on every clip of the unseen ASED test speakers (speech bran
 are left alone), forgetting on RAVDESS actors 17-20 and the text and face dev sets (the gate's own figures,
 champion vs challenger on the same examples), the gate's decision with its interval and test, ECE before/after.
 
-    # full run (GPU, ~45-75 min on one H200):
+    # full run (GPU): 5 sizes x 3 seeds = 15 retraining runs, ~20-40 min on one H200 (estimate, not measured)
     python bench/adapt_ased.py --base-model /work/v1-model --out runs/adapt_ased --json runs/adapt_ased.json
-    # CPU smoke check (~10-20 min on 2 cores): 25 corrections, 1 seed, 1 epoch, small dev/scoring sets
+    # under a per-command time limit: repeat until the JSON holds 15 runs (a run cut short is redone)
+    timeout 580 python bench/adapt_ased.py --base-model /work/v1-model --out /root/adapt_ased --resume
+    # CPU smoke check (~5 min on 2 cores): 25 corrections, 1 seed, 1 epoch, small dev/scoring sets
     python bench/adapt_ased.py --base-model /work/v1-model --out /tmp/adapt --json /tmp/adapt.json --cpu --quick
 
 Writes one JSON file (rewritten after every run, so a stopped bench keeps what it measured; the same command with
@@ -29,6 +31,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -77,7 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--face-dev-size", type=int, default=1000)
     p.add_argument("--replay-limit", type=int, default=0)
     p.add_argument("--calib-replay", type=int, default=120)
-    p.add_argument("--retrain-args", default="", help="more train.retrain flags, e.g. '--lr 1e-3'")
+    p.add_argument(
+        "--retrain-args", default="", help="more train.retrain flags, given with '=': --retrain-args='--lr 1e-3'"
+    )
     p.add_argument("--cpu", action="store_true")
     p.add_argument(
         "--resume",
@@ -164,11 +169,17 @@ def run_retrain(cmd: list[str], work: Path) -> tuple[dict, float]:
     """Run train.retrain; returns (its JSON summary, wall seconds). Its log goes to <work>/retrain.log."""
     start = time.perf_counter()
     with (work / "retrain.log").open("w") as err:
-        done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy())
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, env=os.environ.copy())
+        try:
+            stdout, _ = proc.communicate()
+        finally:  # stopped (timeout, Ctrl-C): the job goes with us, it does not keep the GPU
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        raise RuntimeError(f"train.retrain failed ({done.returncode}); see {work / 'retrain.log'}")
-    return json.loads(done.stdout.strip().splitlines()[-1]), seconds
+    if proc.returncode != 0:
+        raise RuntimeError(f"train.retrain failed ({proc.returncode}); see {work / 'retrain.log'}")
+    return json.loads(stdout.strip().splitlines()[-1]), seconds
 
 
 def dev_changes(decision: dict) -> dict:
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     check_base(Path(args.base_model))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: clean up the running job
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=args.resume)
     json_path = Path(args.json) if args.json else out / "adapt_ased.json"

@@ -53,3 +53,5 @@ def test_the_bench_runs_end_to_end(tmp_path, monkeypatch, tiny_model_dir, tiny_b
     (row,) = report["curve"]
     assert row["corrections"] == 12 and row["seeds"] == 1 and "mean" in row["uar_gain_points"]
     assert set(report["scoring_speakers"]).isdisjoint(report["adaptation_speakers"])
+    again = load_bench().main([*args, "--resume"])  # nothing left to do: the finished run is kept, not redone
+    assert again["runs"] == json.loads(json.dumps(report["runs"], default=str))
