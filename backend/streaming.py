@@ -101,10 +101,11 @@ class LiveSegment:
 
     @property
     def probs(self) -> dict[str, float]:
-        """Mean of the segment's readings."""
+        """Mean of the segment's readings, weighted by how much speech each one saw (early ones saw little)."""
         if not self.readings:
             return {}
-        return {k: float(np.mean([r.probs[k] for r in self.readings])) for k in LABELS}
+        weights = [r.end - r.start for r in self.readings]
+        return {k: float(np.average([r.probs[k] for r in self.readings], weights=weights)) for k in LABELS}
 
     def to_dict(self, threshold: float) -> dict:
         probs = self.probs
