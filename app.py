@@ -302,9 +302,11 @@ def new_live_stream(request: gr.Request | None) -> LiveStream:
 
 
 @shows_errors
-def live_start(request: gr.Request = None):
-    """A new recording: fresh live state and an empty live view."""
-    stream = new_live_stream(request)
+def live_start(stream: LiveStream | None = None, request: gr.Request = None):
+    """A new recording: a fresh live state and an empty view. A stream that this recording's first chunks have
+    already opened (when this event waited in the queue) is kept; the last recording's finished one is not."""
+    if stream is None or stream.finished:
+        stream = new_live_stream(request)
     return live_outputs(stream, stream.update())
 
 
@@ -625,7 +627,7 @@ def build_live_view() -> dict[str, Any]:
                 sources=["microphone"], type="numpy", streaming=True, label="Live microphone", elem_id="live-in"
             ),
             "now": gr.HTML(elem_id="live-now"),
-            "probs": gr.Label(num_top_classes=3, label="Live reading", elem_id="live-label"),
+            "probs": gr.Label(num_top_classes=3, label="Live reading: top probabilities", elem_id="live-label"),
             "timeline": gr.HTML(elem_id="live-timeline"),
             "json": gr.JSON(visible=False),
             "state": gr.State(None, time_to_live=SESSION_TTL_S),
@@ -639,7 +641,7 @@ def wire_live_view(live: dict[str, Any], analyze: tuple[list, list]) -> None:
     settings = get_settings()
     shown = [live["now"], live["probs"], live["timeline"], live["json"], live["state"]]
     pool = {"concurrency_id": "live", "concurrency_limit": settings.live_streams}
-    live["mic"].start_recording(live_start, None, shown, api_name="live_start")
+    live["mic"].start_recording(live_start, [live["state"]], shown, api_name="live_start", **pool)
     live["mic"].stream(
         live_push,
         [live["mic"], live["state"]],
