@@ -36,7 +36,9 @@ def speech_forward(model: EmotionModel, audios: list[np.ndarray]) -> tuple[torch
     """16 kHz mono clips (each <= 30 s) -> logits (B, 7), embeddings (B, E), in input order."""
     from backend.speech import encoder_hidden_states
 
-    states, mask = encoder_hidden_states(model.speech, audios, trim=model.config.speech_trim)
+    states, mask = encoder_hidden_states(
+        model.speech, audios, trim=model.config.speech_trim, loudness=model.config.speech_loudness_norm
+    )
     head = model.heads.speech_head
     return head(states.to(next(head.parameters()).dtype), mask)
 

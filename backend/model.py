@@ -67,7 +67,10 @@ class EmotionModel(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Heads and adapters only: never the frozen backbone weights."""
         state = self.state_dict()
-        return {k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES) or ".lora_" in k}
+        top = _unfrozen_layer_keys(self.config)
+        return {
+            k: v for k, v in state.items() if not k.startswith(BACKBONE_PREFIXES) or ".lora_" in k or k.startswith(top)
+        }
 
     def save_pretrained(self, folder: str | Path, card: str | None = None) -> Path:
         """Write config.json, model.safetensors and (if given) README.md; atomic per file."""
@@ -215,9 +218,12 @@ def build_model(
                 f"but the model expects {config.speech_num_states - 1} of {config.speech_dim}"
             )
         speech.model.requires_grad_(False)
+        encoder = _speech_encoder(speech.model)
         if config.speech_lora_rank:
-            encoder = _speech_encoder(speech.model)
             inject_lora(encoder, config.speech_lora_targets, config.speech_lora_rank, config.lora_alpha)
+        if config.speech_unfreeze_top:  # the top layers train in full (after LoRA, so their adapters train too)
+            for layer in encoder.layers[-config.speech_unfreeze_top :]:
+                layer.requires_grad_(True)
     if "text" in modalities:
         text = load_text_backbone(config.text_backbone, device=device)
         text.model.float()
@@ -231,6 +237,14 @@ def build_model(
         base = dataclasses.replace(text, model=PretrainedView(text.model))
         lexicon = load_lexicon(base if config.lexicon_expansion else None, cache, folder)
     return EmotionModel(config, speech=speech, text=text, lexicon=lexicon).to(device)
+
+
+def _unfrozen_layer_keys(config: EmotionConfig) -> tuple[str, ...]:
+    """State-dict prefixes of the Whisper encoder layers trained in full (config.speech_unfreeze_top), saved
+    with the heads; () when none. Whisper-base has 6 layers: each adds ~6 MB in fp16."""
+    total = config.speech_num_states - 1
+    first = total - config.speech_unfreeze_top
+    return tuple(f"speech_encoder.model.encoder.layers.{i}." for i in range(first, total) if config.speech_unfreeze_top)
 
 
 def _speech_encoder(model: nn.Module) -> nn.Module:

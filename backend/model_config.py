@@ -29,6 +29,10 @@ class EmotionConfig:
     speech_dim: int = 512
     speech_lora_rank: int = 0  # 0: frozen encoder
     speech_lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    speech_unfreeze_top: int = 0  # top encoder layers trained in full (besides LoRA)
+    speech_loudness_norm: bool = False  # per-utterance loudness normalisation before the encoder (v2 on)
+    # below this top probability the prediction is flagged uncertain and the app says "not sure" (0: never)
+    uncertain_threshold: float = 0.0
     # text
     text_backbone: str = "all-MiniLM-L6-v2"
     text_revision: str | None = None

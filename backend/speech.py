@@ -42,6 +42,10 @@ CHUNK_SECONDS = 30  # Whisper's context
 N_SAMPLES = CHUNK_SECONDS * SAMPLE_RATE  # 480000 samples
 N_FRAMES = N_SAMPLES // HOP_LENGTH  # 3000 mel frames -> 1500 encoder frames
 MIN_FRAMES = 100  # trimmed batches are padded to at least 1 s of mel frames
+LOUDNESS_TARGET_DBFS = -23.0  # per-utterance level of the speech-active frames after normalisation
+LOUDNESS_GATE_DB = 40.0  # frames this far below the loudest one count as silence, not speech
+LOUDNESS_MAX_GAIN_DB = 30.0  # a near-silent clip is raised at most this much (noise is not made speech)
+LOUDNESS_FRAME = 400  # 25 ms frames for the level measurement
 
 Audio = list[np.ndarray] | list[torch.Tensor] | torch.Tensor  # 16 kHz mono clips, or a (B, n) batch
 
@@ -193,12 +197,39 @@ def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False)
     return host, torch.tensor(sizes, dtype=torch.long)
 
 
+def normalize_loudness(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Zero-padded clips (B, n) with lengths (B,) -> each clip scaled so its speech-active frames sit at
+    LOUDNESS_TARGET_DBFS, peaks kept within [-1, 1]; padding stays zero.
+
+    A whisper on a laptop microphone and a shout into a phone reach the encoder at one level, in training and at
+    inference alike (Whisper's log-mel keeps absolute level). Active frames: mean square within LOUDNESS_GATE_DB
+    of the clip's loudest 25 ms frame (a relative gate, as in EBU R128); the gain is capped at
+    LOUDNESS_MAX_GAIN_DB so silence stays quiet.
+    """
+    assert wave.dim() == 2 and lengths.shape == wave.shape[:1], f"expected (B, n) and (B,), got {tuple(wave.shape)}"
+    b, n = wave.shape
+    frames = math.ceil(max(n, 1) / LOUDNESS_FRAME)
+    power = nn.functional.pad(wave.float(), (0, frames * LOUDNESS_FRAME - n)).pow(2).view(b, frames, -1).mean(-1)
+    inside = torch.arange(frames, device=wave.device)[None, :] * LOUDNESS_FRAME < lengths[:, None]
+    power = power.masked_fill(~inside, 0.0)
+    loudest = power.amax(dim=1, keepdim=True)
+    active = inside & (power >= loudest * 10 ** (-LOUDNESS_GATE_DB / 10)) & (power > 1e-10)
+    level = (power * active).sum(1) / active.sum(1).clamp_min(1)
+    gain = torch.sqrt(10 ** (LOUDNESS_TARGET_DBFS / 10) / level.clamp_min(1e-12))
+    gain = gain.clamp(max=10 ** (LOUDNESS_MAX_GAIN_DB / 20))
+    peak = wave.abs().amax(dim=1).float() * gain
+    gain = torch.where(peak > 1.0, gain / peak.clamp_min(1e-12), gain)
+    gain = torch.where(active.any(1), gain, torch.ones_like(gain))  # digital silence: leave it alone
+    return wave * gain[:, None].to(wave.dtype)
+
+
 def encoder_hidden_states(
     backbone: SpeechBackbone,
     audio: Audio,
     trim: bool = True,
     mel_transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
     frame_multiple: int = 2,
+    loudness: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """All encoder hidden states (B, num_layers + 1, T', D) and a bool mask (B, T') of frames inside each clip.
 
@@ -209,11 +240,12 @@ def encoder_hidden_states(
     float32 log-mel (B, n_mels, T) to the same shape before the encoder; SSL encoders ignore it (they
     mask time steps themselves when their config asks for it). frame_multiple (Whisper, trim=True, even):
     round the padded length up to a multiple of this many mel frames, so training batches of every length
-    fall into a few shapes and cuBLAS / cuDNN reuse their plans (100 = 1 s buckets).
+    fall into a few shapes and cuBLAS / cuDNN reuse their plans (100 = 1 s buckets). loudness: normalise each
+    clip's level first (normalize_loudness; the model config's speech_loudness_norm says whether it was trained so).
     """
     if backbone.kind == "whisper":
-        return _whisper_states(backbone, audio, trim, mel_transform, frame_multiple)
-    return _ssl_states(backbone, audio)
+        return _whisper_states(backbone, audio, trim, mel_transform, frame_multiple, loudness)
+    return _ssl_states(backbone, audio, loudness)
 
 
 def padded_frames(longest: int, frame_multiple: int = 2) -> int:
@@ -240,9 +272,12 @@ def _whisper_states(
     trim: bool,
     mel_transform: Callable[[torch.Tensor], torch.Tensor] | None,
     frame_multiple: int = 2,
+    loudness: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     encoder = backbone.model.get_encoder()
     wave, lengths = _pad_batch(audio, backbone.device)
+    if loudness:
+        wave = normalize_loudness(wave, lengths)
     longest = wave.shape[1]
     if longest > N_SAMPLES:
         raise ValueError(f"Whisper's encoder takes at most {CHUNK_SECONDS} s; split clips of {longest} samples")
@@ -295,10 +330,12 @@ def whisper_encoder_states(encoder: nn.Module, mel: torch.Tensor, key_mask: torc
     return torch.stack(states, dim=1)
 
 
-def _ssl_states(backbone: SpeechBackbone, audio: Audio) -> tuple[torch.Tensor, torch.Tensor]:
+def _ssl_states(backbone: SpeechBackbone, audio: Audio, loudness: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """wav2vec2-style encoders: normalise each clip like their feature extractor, then run with all states."""
     extractor, model = backbone.processor, backbone.model
     wave, lengths = _pad_batch(audio, backbone.device)
+    if loudness:
+        wave = normalize_loudness(wave, lengths)
     sample_mask = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
     if getattr(extractor, "do_normalize", False):  # zero mean, unit variance over the valid samples
         count = lengths[:, None].float()

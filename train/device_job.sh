@@ -2,6 +2,9 @@
 # Runs on the lent offline GPU machine (see train/pack_for_device.py). Each call carries one packed part:
 #   bash train/device_job.sh stash PART     copy .stash/PART into /root/stash (the machine stays warm between calls)
 #   bash train/device_job.sh train          train every branch in parallel on the GPU; results in $OUT
+#   VARIANTS="name:args;..." bash train/device_job.sh speech
+#                                           speech variants in parallel (parts w, r, s1-s3, k of
+#                                           python -m train.pack_for_device --speech); results in $OUT/speech.tgz
 set -euo pipefail
 STASH=/root/stash
 case "$1" in
@@ -30,4 +33,32 @@ case "$1" in
     tail -n 3 "$run"/*.log | grep -v 'it/s' || true
     cd "$OUT" && tar czf run.tgz run && rm -rf run
     exit "$fails" ;;
+  speech)
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/*.whl
+    export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2
+    export PYTHONPATH="/tmp/site:$PWD" EMO_SHARED_DATA="$STASH/data" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    run="$OUT/speech"; mkdir -p "$run"
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+    fit="timeout ${LIMIT:-500} python3 -m train.fit_default train --branch speech --out $run --device cuda \
+      --backbone $STASH/whisper-base --data $STASH/data --codecs $STASH/codecs --epochs ${EPOCHS:-15}"
+    IFS=';' read -ra specs <<< "$VARIANTS"
+    for spec in "${specs[@]}"; do
+      name="${spec%%:*}"; args="${spec#*:}"
+      # shellcheck disable=SC2086
+      $fit --name "$name" $args > "$run/$name.log" 2>&1 &
+    done
+    ( while sleep 20; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) > "$run/gpu.log" &
+    monitor=$!
+    fails=0; for j in $(jobs -p); do [ "$j" = "$monitor" ] || wait "$j" || fails=$((fails+1)); done
+    kill "$monitor" || true
+    grep -h '^{' "$run"/*.log || true
+    for f in "$run"/*.log; do echo "== $f"; grep -v 'it/s' "$f" | grep -v Loading | tail -n 4 | cut -c1-400; done
+    mkdir -p /root/runs && cp -r "$run" "/root/runs/speech-$(date +%s)"  # outlives this call's $OUT
+    for name in ${SHIP:-}; do cp "$run/$name.safetensors" "$OUT/"; done  # files come back at most 16 MB each
+    cd "$OUT" && tar czf results.tgz --exclude='*.safetensors' speech && rm -rf speech && ls -la "$OUT"
+    exit "$fails" ;;
+  batch-vs-single)  # bf16 on the GPU: a clip alone vs in mixed batches (needs parts w, r)
+    export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1
+    python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --speech-backbone "$STASH/whisper-base" \
+      --model "${MODEL:-models/default}" ;;
 esac

@@ -52,9 +52,17 @@ def run_branch(args: argparse.Namespace) -> dict:
             backbone=args.backbone,
             trim=not args.pad30,
             lora_rank=args.lora_rank,
+            lora_targets=args.lora_targets.split(","),
+            unfreeze_top=args.unfreeze_top,
+            corpora=tuple(args.corpora.split(",")),
+            conditions=not args.no_conditions,
+            codecs=Path(args.codecs) if args.codecs else None,
+            loudness=not args.no_loudness,
             name=args.name or "speech",
             **common,
         )
+        if args.batch_size:
+            cfg.batch_size = args.batch_size
         if args.epochs:
             cfg.epochs = args.epochs
         return train_speech(cfg)
@@ -226,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--pad30", action="store_true", help="speech: pad to 30 s instead of trimming")
     t.add_argument("--lora-rank", type=int, default=0, help="speech: LoRA rank on the encoder (0 = frozen)")
     t.add_argument("--name", default=None, help="speech: output name for a variant (default 'speech')")
+    t.add_argument("--lora-targets", default="q_proj,v_proj", help="speech: encoder linears that get LoRA")
+    t.add_argument("--unfreeze-top", type=int, default=0, help="speech: top encoder layers trained in full")
+    t.add_argument("--corpora", default="ravdess,ased", help="speech: training corpora (ravdess, ased)")
+    t.add_argument("--no-conditions", action="store_true", help="speech: white noise only, no channel simulation")
+    t.add_argument("--codecs", default=None, help="speech: folder of codec copies (python -m train.codec_views)")
+    t.add_argument("--no-loudness", action="store_true", help="speech: no loudness normalisation")
+    t.add_argument("--batch-size", type=int, default=0, help="0: the branch's default")
     t.add_argument("--text-backbone", default="all-MiniLM-L6-v2", help="text backbone alias, Hub id or path")
     a = sub.add_parser("assemble", help="merge branch files into a model folder")
     a.add_argument("--run", required=True)

@@ -36,6 +36,38 @@ def pack_folder_fp16(src: Path, dst: Path, keep: tuple[str, ...] = ("",)) -> Pat
     return dst
 
 
+def split_folder(src: Path, dst_parts: list[Path], rel_root: Path) -> None:
+    """Copy the files under src into len(dst_parts) parts of about equal size, each keeping paths relative to
+    rel_root (so the parts merge back into one tree on the device)."""
+    files = sorted((f for f in src.rglob("*") if f.is_file()), key=lambda f: -f.stat().st_size)
+    sizes = [0] * len(dst_parts)
+    for f in files:  # largest first into the emptiest part
+        i = sizes.index(min(sizes))
+        target = dst_parts[i] / f.relative_to(rel_root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(f, target)
+        sizes[i] += f.stat().st_size
+
+
+def pack_speech(out: Path, data: Path, cache: Path, codecs: Path, wheels: Path) -> dict[str, int]:
+    """Parts for speech training with ASED (each under ~45 MB next to the working tree): w = Whisper-base encoder
+    (fp16) + wheels the GPU machine lacks, r = RAVDESS, s1-s3 = ASED, k = codec copies."""
+    from backend.whisper_convert import ensure_converted
+
+    parts = {name: out / name for name in ("w", "r", "s1", "s2", "s3", "k")}
+    for d in parts.values():
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    pack_folder_fp16(ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",))
+    for wheel in Path(wheels).glob("*.whl"):
+        shutil.copy2(wheel, parts["w"] / wheel.name)
+    shutil.copytree(data / "ravdess-speech-16k", parts["r"] / "data" / "ravdess-speech-16k")
+    split_folder(data / "ased-speech-16k", [parts[f"s{i}"] / "data" for i in (1, 2, 3)], data)
+    shutil.copytree(codecs, parts["k"] / "codecs")
+    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+
+
 def pack(out: Path, data: Path, cache: Path) -> dict[str, int]:
     from backend.text import minilm_wheel_path
     from backend.whisper_convert import ensure_converted
@@ -73,8 +105,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", default=".stash")
     p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--cache", default=None)
+    p.add_argument("--speech", action="store_true", help="the speech-training parts (w, r, s1-s3, k) instead")
+    p.add_argument("--codecs", default="runs/codecs", help="with --speech: codec copies (train.codec_views)")
+    p.add_argument("--wheels", default=".whl", help="with --speech: wheels to carry (e.g. soundfile)")
     args = p.parse_args(argv)
-    sizes = pack(Path(args.out), Path(args.data), Path(args.cache or load_settings().cache))
+    cache = Path(args.cache or load_settings().cache)
+    if args.speech:
+        sizes = pack_speech(Path(args.out), Path(args.data), cache, Path(args.codecs), Path(args.wheels))
+    else:
+        sizes = pack(Path(args.out), Path(args.data), cache)
     print(json.dumps({k: round(v / 2**20, 1) for k, v in sizes.items()}))
 
 

@@ -87,6 +87,7 @@ class RetrainNet(nn.Module):
                 self.model.config.speech_trim,
                 inputs.get("mel_transform"),
                 inputs.get("frame_multiple", 2),
+                loudness=self.model.config.speech_loudness_norm,
             )
             head = heads.speech_head
             out["speech"] = head(states.to(next(head.parameters()).dtype), mask)
