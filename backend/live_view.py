@@ -31,11 +31,12 @@ def now_html(update: LiveUpdate) -> str:
         detail = f"{percent(latest.confidence)} sure"
         if shown == NOT_SURE:
             detail = f"maybe {latest.label} ({percent(latest.confidence)}, under {percent(update.threshold)})"
+    took = f" · last reading took {latest.latency_ms:.0f} ms" if latest is not None else ""
     return (
         f'<div class="live-now" data-label="{html.escape(shown)}" data-state="{state}" data-seconds="{update.seconds:.2f}">'
         f'<span style="font-size:2em;font-weight:700;color:{color}">{html.escape(shown)}</span> '
         f"<span>{html.escape(detail)}</span><br>"
-        f"<small>{state} · {update.seconds:.1f} s heard</small></div>"
+        f"<small>{state} · {update.seconds:.1f} s heard{took}</small></div>"
     )
 
 
