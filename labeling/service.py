@@ -409,8 +409,7 @@ def _kind(ext: str) -> str:
 
 def next_clip(store: Store, annotator_id: str, *, blind: bool = True) -> ClipView | None:
     """The annotator's next queue item (leased to them), or None when nothing waits for them."""
-    store.ensure_annotator(annotator_id, "crowd")
-    clip = store.next_item(annotator_id)
+    clip = store.next_item(annotator_id)  # creates an unknown annotator in the same transaction
     if clip is None:
         return None
     path = store.media_path(clip["id"])
