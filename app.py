@@ -607,21 +607,15 @@ def keyboard_js() -> str:
 
 
 LIVE_HELP = """**Live voice:** press record and speak; the emotion updates while you talk (speech only, every
-{hop:g} s over the last {window:g} s; "not sure" under {threshold:.0%}). Stop, and the whole utterance gets the full
-analysis below."""
+{hop:g} s over the last {window:g} s; "not sure" when the top emotion is under the model's confidence threshold).
+Stop, and the whole utterance gets the full analysis below."""
 
 
 def build_live_view() -> dict[str, Any]:
     """The live-voice widgets (inside the Analyze tab's input column)."""
     settings = get_settings()
     with gr.Accordion("Live voice: emotion while you speak", open=True, elem_id="live-voice"):
-        gr.Markdown(
-            LIVE_HELP.format(
-                hop=settings.live_hop_seconds,
-                window=settings.live_window_seconds,
-                threshold=settings.live_uncertain_threshold,
-            )
-        )
+        gr.Markdown(LIVE_HELP.format(hop=settings.live_hop_seconds, window=settings.live_window_seconds))
         widgets = {
             "mic": gr.Audio(
                 sources=["microphone"], type="numpy", streaming=True, label="Live microphone", elem_id="live-in"

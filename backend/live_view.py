@@ -53,7 +53,8 @@ def timeline_html(update: LiveUpdate) -> str:
         color = EMOTION_COLORS.get(info["label"], UNSURE_COLOR)
         title = f"{segment.start:.1f}-{end:.1f} s: {info['label']} ({percent(info['confidence'])})"
         blocks.append(
-            f'<div class="live-seg" data-label="{html.escape(info["label"])}" title="{html.escape(title)}" '
+            f'<div class="live-seg" data-label="{html.escape(info["label"])}" data-top="{html.escape(info["top"])}" '
+            f'title="{html.escape(title)}" '
             f'style="position:absolute;left:{left:.2f}%;width:{width:.2f}%;top:0;bottom:0;background:{color};'
             f'color:white;font-size:0.8em;overflow:hidden;white-space:nowrap;padding:2px">'
             f"{html.escape(info['label'])}</div>"

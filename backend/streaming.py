@@ -155,7 +155,7 @@ class LiveStream:
 
     config: LiveConfig = field(default_factory=LiveConfig)
     vad: StreamingVad | None = None
-    chunks: list[np.ndarray] = field(default_factory=list)
+    buffer: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))  # grows by doubling
     n_samples: int = 0
     frames_done: int = 0
     segments: list[LiveSegment] = field(default_factory=list)
@@ -179,9 +179,7 @@ class LiveStream:
         arrived = time.perf_counter() if arrived is None else arrived
         room = int(self.config.max_seconds * SAMPLE_RATE) - self.n_samples
         audio = np.asarray(audio, dtype=np.float32)[: max(0, room)]
-        if len(audio):
-            self.chunks.append(audio)
-            self.n_samples += len(audio)
+        self._append(audio)
         closed = self._track_speech(*self.vad.push_probs(audio))
         reading = self._maybe_read(reader, closed, arrived)
         return self.update(reading)
@@ -210,8 +208,8 @@ class LiveStream:
         )
 
     def recording(self) -> np.ndarray:
-        """Everything heard so far, 16 kHz mono float32."""
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+        """Everything heard so far, 16 kHz mono float32 (a view: copy it to keep it)."""
+        return self.buffer[: self.n_samples]
 
     def utterance(self) -> np.ndarray | None:
         """The recording from the first to the last speech (with a small margin); None if nobody spoke."""
@@ -225,6 +223,16 @@ class LiveStream:
         return audio[a:b]
 
     # ------------------------------------------------------------------------------------------ internals
+
+    def _append(self, audio: np.ndarray) -> None:
+        """Amortised O(1) append: the buffer doubles when full (a reading then slices only its window)."""
+        end = self.n_samples + len(audio)
+        if end > len(self.buffer):
+            grown = np.zeros(max(end, 2 * len(self.buffer), SAMPLE_RATE), dtype=np.float32)
+            grown[: self.n_samples] = self.buffer[: self.n_samples]
+            self.buffer = grown
+        self.buffer[self.n_samples : end] = audio
+        self.n_samples = end
 
     def _track_speech(self, flags: np.ndarray, probs: np.ndarray) -> LiveSegment | None:
         """Open/close segments from the VAD's per-frame flags; returns a segment closed by this chunk."""
