@@ -277,9 +277,11 @@ def nothing_came_alive(page) -> None:
 
 
 def seed_text_clips(studio) -> None:  # noqa: F811
-    """Two consented text clips per payload, each with two disagreeing votes: the queue serves them first (each
-    annotator votes on one and is then handed the next)."""
+    """Two consented text clips per payload, each with two votes, and nothing else in the queue (each annotator
+    votes on one and is then handed the next)."""
     store = studio.get_store()
+    for row in list(store.db.query("SELECT id FROM clips")):  # earlier tests' clips would compete in the queue
+        store.delete_clip(row["id"])
     for text in [f"{payload} #{n}" for payload in PAYLOADS for n in (1, 2)]:
         clip = store.add_clip(
             None, sha256=store.text_clip_id(text), ext=".txt", modalities=["text"], consent=True, text=text

@@ -163,7 +163,9 @@ def test_served_copies_are_private_copies_purged_when_the_clip_goes(store, tmp_p
     try:
         assert stat.S_IMODE(served.folder.stat().st_mode) == 0o700
         assert served.folder.stat().st_uid == Path(tmp_path).stat().st_uid
-        assert ServedCopies(300, 3600).folder != served.folder  # fresh per process, never a shared fixed name
+        other_process = ServedCopies(300, 3600)
+        assert other_process.folder != served.folder  # fresh per process, never a shared fixed name
+        other_process.close()
         clip, kept = add(store, "a"), add(store, "b")
         original = store.media_path(clip)
         copy, other = served.copy(clip, original), served.copy(kept, store.media_path(kept))
