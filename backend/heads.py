@@ -38,6 +38,8 @@ class SpeechHead(nn.Module):
         self.pool = AttentivePooling(hidden)
         self.embed = nn.Sequential(nn.Linear(2 * hidden, embed), nn.GELU())
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(embed, NUM_LABELS))
+        # mean embedding of the training clips: a speaker's own mean is moved here (backend.adapt); zeros: unknown
+        self.register_buffer("reference_mean", torch.zeros(embed))
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states (B, L, T, D), mask (B, T) -> logits (B, 7), embedding (B, E)."""
@@ -121,18 +123,22 @@ class ProjectionHead(nn.Module):
 
 
 class FusionGate(nn.Module):
-    """Late fusion over calibrated per-modality probabilities.
+    """Late fusion: a product of calibrated experts, each raised to a learned reliability exponent.
 
-    Each present modality m gets gate logit bias_m + slope_m * confidence_m; a softmax over the present
-    modalities gives the weights, so an absent modality is simply left out and the relative weights of
-    the others do not change. Temperatures calibrate each branch's logits first.
+    fused ∝ prod_m p_m ** w_m over the present modalities, with w_m = exp(bias_m + slope_m * confidence_m) (how much
+    modality m counts; confidence = its top probability). Agreeing modalities multiply their evidence (surer than
+    any one alone), disagreeing ones are weighed by reliability instead of the loudest winning outright; a missing
+    modality is left out; a modality alone passes through unchanged (its calibrated probabilities). The weights
+    reported are w_m over the sum of the present ones: exactly the weights of the weighted geometric mean the
+    product is (log fused = sum_m weight_m * S * log p_m + const, S = sum of exponents). Temperatures calibrate
+    each branch's logits first (log_temperature, fitted on each branch's dev set).
     """
 
     def __init__(self) -> None:
         super().__init__()
         n = len(MODALITIES)
-        self.bias = nn.Parameter(torch.zeros(n))
-        self.slope = nn.Parameter(torch.zeros(n))
+        self.bias = nn.Parameter(torch.zeros(n))  # log reliability exponent of each modality
+        self.slope = nn.Parameter(torch.zeros(n))  # its change with the modality's confidence
         self.register_buffer("log_temperature", torch.zeros(n))
 
     def calibrated(self, logits: torch.Tensor, modality: str) -> torch.Tensor:
@@ -140,15 +146,30 @@ class FusionGate(nn.Module):
         t = self.log_temperature[MODALITIES.index(modality)].exp()
         return (logits.float() / t).softmax(-1)
 
+    def exponents(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs (B, M, 7) in MODALITIES order -> reliability exponents (B, M)."""
+        return (self.bias + self.slope * probs.max(-1).values).exp()
+
+    def fuse(self, probs: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """probs (B, M, 7) in MODALITIES order (rows of absent modalities ignored), present (B, M) bool
+        -> fused (B, 7), weights (B, M) summing to 1 over the present modalities (0 where absent)."""
+        assert probs.dim() == 3 and probs.shape[1:] == (len(MODALITIES), NUM_LABELS), (
+            f"expected probs (B, {len(MODALITIES)}, {NUM_LABELS}), got {tuple(probs.shape)}"
+        )
+        assert present.shape == probs.shape[:2] and bool(present.any(-1).all()), "every row needs a modality"
+        probs, present = probs.float(), present.to(probs.device)
+        w = self.exponents(probs) * present
+        log_p = probs.clamp_min(1e-8).log().masked_fill(~present.unsqueeze(-1), 0.0)
+        fused = (w.unsqueeze(-1) * log_p).sum(1).softmax(-1)
+        alone = present.sum(-1, keepdim=True) == 1
+        single = (probs * present.unsqueeze(-1)).sum(1)  # alone: exactly the branch's probabilities
+        return torch.where(alone, single, fused), w / w.sum(-1, keepdim=True)
+
     def forward(self, probs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """probs: modality -> (B, 7) calibrated probabilities (present ones only) -> fused (B, 7), weights."""
         assert probs, "fusion needs at least one modality"
-        names = [m for m in MODALITIES if m in probs]
-        logits = []
-        for m in names:
-            i = MODALITIES.index(m)
-            confidence = probs[m].max(dim=-1).values
-            logits.append(self.bias[i] + self.slope[i] * confidence)
-        weights = torch.stack(logits, dim=-1).softmax(dim=-1)  # (B, M)
-        fused = sum(weights[:, j : j + 1] * probs[m] for j, m in enumerate(names))
-        return fused, {m: weights[:, j] for j, m in enumerate(names)}
+        first = next(iter(probs.values()))
+        stacked = torch.stack([probs.get(m, torch.full_like(first, 1.0 / NUM_LABELS)) for m in MODALITIES], dim=1)
+        present = torch.tensor([m in probs for m in MODALITIES], device=first.device).expand(first.shape[0], -1)
+        fused, weights = self.fuse(stacked, present)
+        return fused, {m: weights[:, j] for j, m in enumerate(MODALITIES) if m in probs}

@@ -254,31 +254,27 @@ class Predictor:
         for i, ps in main.items():
             work.face_probs[i] = np.mean(ps, axis=0)
 
-    def _fuse_all(self, n: int, work: _Work) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-        """Fusion gate for every sample: one batched call per set of present modalities (the gate is row-wise),
-        so a batch of N clips costs one device round trip, not N. Returns (fused probs, modality -> probs)."""
-        sources = (("speech", work.speech_probs), ("text", work.text_probs), ("face", work.face_probs))
-        groups: dict[tuple[str, ...], list[int]] = {}
-        for i in range(n):
-            present = tuple(m for m, src in sources if i in src)
-            if not present:
-                raise MediaError("nothing to predict: the sample has no usable audio, text or face")
-            groups.setdefault(present, []).append(i)
+    def _fuse_all(self, n: int, work: _Work) -> list[tuple[np.ndarray, dict[str, tuple[np.ndarray, float]]]]:
+        """The fusion gate over every sample in one batched call (absent modalities masked out).
+        Returns per sample (fused probs, modality -> (its probs, the weight fusion gave it))."""
+        sources = {"speech": work.speech_probs, "text": work.text_probs, "face": work.face_probs}
+        probs = np.full((n, len(MODALITIES), len(LABELS)), 1.0 / len(LABELS), dtype=np.float32)
+        present = np.zeros((n, len(MODALITIES)), dtype=bool)
+        for j, m in enumerate(MODALITIES):
+            for i, p in sources[m].items():
+                probs[i, j], present[i, j] = p, True
+        if not present.any(axis=1).all():
+            raise MediaError("nothing to predict: the sample has no usable audio, text or face")
+        if n == 0:
+            return []
         gate = self.model.heads.gate
-        out: list = [None] * n
-        for present, rows in groups.items():
-            probs = {
-                m: torch.from_numpy(np.stack([np.asarray(src[i], dtype=np.float32) for i in rows]))
-                for m, src in sources
-                if m in present
-            }
-            with torch.inference_mode():
-                fused, weights = gate({m: p.to(gate.bias.device) for m, p in probs.items()})
-            fused = fused.float().cpu().numpy()
-            weights = {m: w.float().cpu().numpy() for m, w in weights.items()}
-            for k, i in enumerate(rows):
-                out[i] = (fused[k], {m: (probs[m][k].numpy(), float(weights[m][k])) for m in present})
-        return out
+        with torch.inference_mode():
+            fused, weights = gate.fuse(torch.from_numpy(probs).to(gate.bias.device), torch.from_numpy(present))
+        fused, weights = fused.float().cpu().numpy(), weights.float().cpu().numpy()
+        return [
+            (fused[i], {m: (probs[i, j], float(weights[i, j])) for j, m in enumerate(MODALITIES) if present[i, j]})
+            for i in range(n)
+        ]
 
     def _prediction(
         self, i: int, sample: Sample, work: _Work, fused: np.ndarray, present: dict, latency_ms: float

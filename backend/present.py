@@ -82,7 +82,11 @@ def label_confidences(prediction: Prediction) -> dict[str, float]:
 
 
 def breakdown_table(prediction: Prediction) -> pd.DataFrame:
-    """One row per modality that spoke (what it said, how sure, its fusion weight; as percentages), then the fused row."""
+    """One row per modality that spoke (what it said, how sure, its fusion weight; as percentages), then the fused row.
+
+    The weight is the one fusion used: each modality's share in the product of experts (its reliability exponent
+    over their sum, see ModalityResult), so 50/25/25 means the first counted twice as much as each other one.
+    """
     rows = [
         [MODALITY_NAMES.get(name, name), result.label, percent(result.probs[result.label]), percent(result.weight)]
         for name, result in prediction.modalities.items()

@@ -49,7 +49,12 @@ def probs_dict(probs: np.ndarray | list[float]) -> dict[str, float]:
 
 @dataclass
 class ModalityResult:
-    """What one modality said: its calibrated probabilities and the weight the fusion gate gave it."""
+    """What one modality said: its calibrated probabilities and the weight fusion gave it.
+
+    weight: the modality's share of the fusion, 0..1 over the present modalities (1.0 alone). Fusion is a
+    product of experts, fused ∝ prod_m p_m ** w_m; the weight is w_m / sum(w), the weight of this modality in
+    the weighted geometric mean the product is (backend.heads.FusionGate).
+    """
 
     probs: dict[str, float]
     weight: float
