@@ -34,6 +34,7 @@ import PIL.Image
 from gradio.utils import get_upload_folder
 
 from backend import live_view, present
+from backend.adapt import SpeakerStats
 from backend.errors import MediaError, ModelError
 from backend.labels import LABELS
 from backend.media import MSG_IMAGE_BOMB, load_sample
@@ -188,11 +189,12 @@ _long_jobs = threading.BoundedSemaphore(LONG_JOBS_AT_ONCE)
 
 
 @gpu
-def run_model(sample, progress: gr.Progress | None = None):
-    """The prediction; a long clip in steps that let other requests go first, reported on the progress bar."""
+def run_model(sample, progress: gr.Progress | None = None, voice: SpeakerStats | None = None):
+    """The prediction; a long clip in steps that let other requests go first, reported on the progress bar.
+    voice: this session's earlier speech (backend.adapt), updated with this clip's."""
     predictor = get_predictor()
     if not predictor.is_long(sample):
-        return predictor.predict(sample)
+        return predictor.predict_batch([sample], speakers=[voice])[0]
     if not _long_jobs.acquire(blocking=False):  # a third would hold a worker that short requests need
         raise MediaError(MSG_LONG_BUSY.format(seconds=LONG_CLIP_SECONDS))
     try:
@@ -221,13 +223,15 @@ def predict(
     sample = load_sample(
         audio=audio or None, video=video or None, image=image or None, text=text, settings=get_settings()
     )
+    session = session or new_session()
+    voice = SpeakerStats.from_dict(session.get("voice"))  # one browser session is taken as one voice
     try:
-        prediction = run_model(sample, progress)
+        prediction = run_model(sample, progress, voice)
     except ValueError as error:  # the predictor found nothing it could read, e.g. a photo without a face
         if not str(error).startswith("nothing to predict"):
             raise
         raise MediaError(MSG_NOTHING_READABLE) from None
-    session = session or new_session()
+    session["voice"] = voice.to_dict()
     session["pending"] = service.make_contribution(sample, prediction, video=video or None)
     frame = present.face_image(sample.frames, prediction.faces)
     timeline = present.timeline_frame(prediction)
@@ -272,6 +276,7 @@ def delete_my_data(session: dict | None = None, request: gr.Request = None):
     session = session or new_session()
     counts = service.delete_my_data(get_store(), session["user"], session["receipts"])
     session["receipts"] = []
+    session.pop("voice", None)  # the statistics of this voice go too
     return present.deletion_markdown(counts), counts, session
 
 

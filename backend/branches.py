@@ -54,15 +54,34 @@ def speech_forward_batched(
     Defaults: 32 clips / 240 s per forward on CPU, 256 clips / 4096 s on CUDA (big batches fill the GPU).
     Results stay on the device until the last bucket, so buckets are queued without a sync between them.
     """
+    return speech_embed_batched(model, audios, max_batch, max_seconds)[0]
+
+
+def speech_embed_batched(
+    model: EmotionModel,
+    audios: list[np.ndarray],
+    max_batch: int | None = None,
+    max_seconds: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """speech_forward_batched that also returns the embeddings: (N, 7) logits and (N, E) float32 on CPU."""
     cuda = model.device.type == "cuda"
     max_batch = max_batch or (GPU_MAX_BATCH if cuda else 32)
     max_seconds = max_seconds or (GPU_MAX_BATCH_SECONDS if cuda else MAX_BATCH_SECONDS)
     lengths = [len(a) for a in audios]
     out = torch.empty(len(audios), NUM_LABELS, device=model.device)
+    emb = torch.empty(len(audios), model.config.embed_dim, device=model.device)
     for group in length_buckets(lengths, max_batch, max_seconds * 16_000):
-        logits, _ = speech_forward(model, [audios[i] for i in group])
-        out[torch.tensor(group, device=model.device)] = logits.float()
-    return out.cpu()
+        logits, e = speech_forward(model, [audios[i] for i in group])
+        rows = torch.tensor(group, device=model.device)
+        out[rows], emb[rows] = logits.float(), e.float()
+    return out.cpu(), emb.cpu()
+
+
+def shifted_speech_logits(model: EmotionModel, emb: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Speech logits of embeddings moved by a speaker shift (backend.adapt): (N, E) + (N, E) -> (N, 7)."""
+    head = model.heads.speech_head
+    weight = next(head.parameters())
+    return head.classifier((emb + shift).to(weight.device, weight.dtype)).float().cpu()
 
 
 def text_forward(model: EmotionModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -25,6 +25,8 @@ from backend.model_config import CONFIG_NAME, WEIGHTS_NAME, EmotionConfig
 log = logging.getLogger(__name__)
 
 BACKBONE_PREFIXES = ("speech_encoder.", "text_encoder.")
+# added after v1: older folders load without them (zeros = "not known", e.g. no speaker adaptation)
+OPTIONAL_KEYS = ("heads.speech_head.reference_mean",)
 
 
 class EmotionHeads(nn.Module):
@@ -111,7 +113,7 @@ class EmotionModel(nn.Module):
 
     def load_trainable(self, tensors: dict[str, torch.Tensor]) -> None:
         """Load heads/adapters; every expected key must be present (strict over the trainable part)."""
-        expected = set(self.trainable_state_dict())
+        expected = set(self.trainable_state_dict()) - set(OPTIONAL_KEYS)
         missing = sorted(expected - set(tensors))
         unexpected = sorted(set(tensors) - set(self.state_dict()))
         if missing or unexpected:
@@ -237,6 +239,25 @@ def build_model(
         base = dataclasses.replace(text, model=PretrainedView(text.model))
         lexicon = load_lexicon(base if config.lexicon_expansion else None, cache, folder)
     return EmotionModel(config, speech=speech, text=text, lexicon=lexicon).to(device)
+
+
+def load_speech_branch(
+    folder: str | Path, device: str | torch.device = "cpu", speech_backbone: str | None = None
+) -> EmotionModel:
+    """A model folder's speech branch (and gate) only: no text backbone is loaded, for speech-only benches and
+    machines that carry just the Whisper weights (speech_backbone overrides the config's, e.g. a packed copy)."""
+    folder = resolve_model_folder(str(folder))
+    config = EmotionConfig.load(folder)
+    if speech_backbone:
+        config.speech_backbone = speech_backbone
+    model = build_model(config, device=device, modalities=("speech",))
+    tensors = load_file(str(folder / WEIGHTS_NAME))
+    wanted = {k: v for k, v in tensors.items() if k.startswith(("heads.", "speech_encoder."))}
+    missing, _ = model.load_state_dict(wanted, strict=False)
+    lost = [k for k in missing if ".lora_" in k or (k.startswith("heads.speech_head.") and k not in OPTIONAL_KEYS)]
+    if lost:
+        raise ModelError(f"{folder.name}: speech weights missing (e.g. {lost[:3]})")
+    return model.to(device).eval()
 
 
 def _unfrozen_layer_keys(config: EmotionConfig) -> tuple[str, ...]:

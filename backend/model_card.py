@@ -8,6 +8,8 @@ from backend.model_config import EmotionConfig
 
 LICENCES = (
     "RAVDESS speech (CC BY-NC-SA 4.0, Livingstone & Russo 2018): the checkpoint inherits NonCommercial-ShareAlike. "
+    "ASED Amharic speech (research use, no licence file published; cite Retta et al. 2022, ACM TALLIP, "
+    "doi 10.1145/3529759). "
     "GoEmotions (Apache-2.0 repo, Google data terms), MELD (GPL-3.0), FER2013 (research use), "
     "NRC EmoLex (research use), Whisper (MIT), all-MiniLM-L6-v2 (Apache-2.0)."
 )

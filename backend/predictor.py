@@ -11,7 +11,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from backend.branches import face_eval_logits, speech_forward_batched, text_forward
+from backend.adapt import SpeakerStats
+from backend.branches import (
+    face_eval_logits,
+    shifted_speech_logits,
+    speech_embed_batched,
+    speech_forward_batched,
+    text_forward,
+)
 from backend.errors import MediaError
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
@@ -56,6 +63,7 @@ class _Work:
     faces: dict[int, list[Face]] = field(default_factory=dict)
     face_probs: dict[int, np.ndarray] = field(default_factory=dict)
     notes: dict[int, list[str]] = field(default_factory=dict)
+    speakers: list[SpeakerStats | None] = field(default_factory=list)  # per sample, for unlabelled adaptation
 
 
 class Predictor:
@@ -81,12 +89,24 @@ class Predictor:
     def predict(self, sample: Sample) -> Prediction:
         return self.predict_batch([sample])[0]
 
-    def predict_batch(self, samples: list[Sample], faces_are_crops: bool = False) -> list[Prediction]:
-        """Predict many samples; faces_are_crops: frames are already face crops (e.g. FER2013 images)."""
+    def predict_batch(
+        self,
+        samples: list[Sample],
+        faces_are_crops: bool = False,
+        speakers: list[SpeakerStats | None] | None = None,
+        update_speakers: bool = True,
+    ) -> list[Prediction]:
+        """Predict many samples; faces_are_crops: frames are already face crops (e.g. FER2013 images).
+
+        speakers: per sample, the statistics of its speaker's (session's, folder's) earlier clips (backend.adapt):
+        speech is read after moving that speaker's mean to the training mean once there are enough clips; each
+        sample's whole-clip embedding is then added to its stats (update_speakers=False: leave them as given).
+        """
         start = time.perf_counter()
-        work = _Work(notes={i: [] for i in range(len(samples))})
+        work = _Work(notes={i: [] for i in range(len(samples))}, speakers=list(speakers or [None] * len(samples)))
+        assert len(work.speakers) == len(samples), "one SpeakerStats (or None) per sample"
         with self.lock, torch.inference_mode(), self._autocast():
-            self._run_speech(samples, work)
+            self._run_speech(samples, work, update_speakers)
             self._run_asr(samples, work)
             self._run_text(samples, work)
             self._run_faces(samples, work, faces_are_crops)
@@ -168,7 +188,7 @@ class Predictor:
     def _calibrated(self, logits: torch.Tensor, modality: str) -> np.ndarray:
         return self.model.heads.gate.calibrated(logits.to(self.device), modality).float().cpu().numpy()
 
-    def _run_speech(self, samples: list[Sample], work: _Work) -> None:
+    def _run_speech(self, samples: list[Sample], work: _Work, update_speakers: bool = True) -> None:
         s = self.settings
         for i, sample in enumerate(samples):
             if sample.audio is None:
@@ -182,7 +202,13 @@ class Predictor:
         if not work.speech_units:
             return
         clips = [samples[i].audio[a:b] for i, _, a, b in work.speech_units]
-        probs = self._calibrated(speech_forward_batched(self.model, clips), "speech")
+        logits, emb = speech_embed_batched(self.model, clips)
+        logits = self._adapted(logits, emb, [i for i, *_ in work.speech_units], work.speakers, work.notes)
+        if update_speakers:
+            for row, (i, kind, *_) in enumerate(work.speech_units):
+                if kind == "whole" and work.speakers[i] is not None:
+                    work.speakers[i].add(emb[row].numpy())
+        probs = self._calibrated(logits, "speech")
         for (i, kind, a, b), p in zip(work.speech_units, probs):
             if kind == "whole":
                 work.speech_probs[i] = p
@@ -191,6 +217,27 @@ class Predictor:
         for i, segs in work.segments.items():
             if i not in work.speech_probs:  # longer than Whisper's window: average the timeline
                 work.speech_probs[i] = np.mean([[seg.probs[k] for k in LABELS] for seg in segs], axis=0)
+
+    def _adapted(
+        self,
+        logits: torch.Tensor,
+        emb: torch.Tensor,
+        owners: list[int],
+        speakers: list[SpeakerStats | None],
+        notes: dict[int, list[str]],
+    ) -> torch.Tensor:
+        """Logits of the rows whose speaker has enough earlier clips, re-read from shifted embeddings."""
+        reference = self.model.heads.speech_head.reference_mean.float().cpu().numpy()
+        shifts = {i: st.shift(reference) for i, st in enumerate(speakers) if st is not None}
+        rows = [r for r, i in enumerate(owners) if shifts.get(i) is not None]
+        if not rows:
+            return logits
+        for i in sorted({owners[r] for r in rows}):
+            notes[i].append(f"Speech read after adapting to this voice ({speakers[i].count} earlier clips).")
+        shift = torch.from_numpy(np.stack([shifts[owners[r]] for r in rows]))
+        logits = logits.clone()
+        logits[rows] = shifted_speech_logits(self.model, emb[rows], shift)
+        return logits
 
     def _run_asr(self, samples: list[Sample], work: _Work) -> None:
         if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper":
@@ -284,7 +331,10 @@ class Predictor:
         }
         text = sample.text or work.transcripts.get(i)
         words = self.model.lexicon.tag_words(text) if text else []
+        uncertain, alternatives = not_sure(fused, self.model.config.uncertain_threshold)
         return Prediction(
+            uncertain=uncertain,
+            alternatives=alternatives,
             probs=probs_dict(fused),
             modalities=modalities,
             model_version=self.model_version,
@@ -296,6 +346,13 @@ class Predictor:
             latency_ms=latency_ms,
             notes=work.notes[i],
         )
+
+
+def not_sure(probs: np.ndarray, threshold: float) -> tuple[bool, list[str]]:
+    """(uncertain, the two likeliest labels) when the top probability is below threshold (0: never unsure)."""
+    if threshold <= 0 or float(np.max(probs)) >= threshold:
+        return False, []
+    return True, [LABELS[k] for k in np.argsort(probs)[::-1][:2]]
 
 
 @functools.lru_cache(maxsize=2)

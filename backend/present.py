@@ -183,6 +183,11 @@ def summary_markdown(prediction: Prediction, device: str | None = None) -> str:
     """One paragraph: the reading, which inputs were used, duration and speed, model version, notes."""
     used = ", ".join(prediction.modalities) or "nothing"
     parts = [f"**{prediction.label}** ({percent(prediction.confidence)} sure) from {used}"]
+    if prediction.uncertain and prediction.alternatives:
+        guess = " or ".join(md_text(a) for a in prediction.alternatives)
+        parts[0] = (
+            f"**Not sure: {guess}?** (likeliest {md_text(prediction.label)}, {percent(prediction.confidence)}) from {used}"
+        )
     if prediction.duration:
         parts.append(f"{prediction.duration:.1f} s of audio")
     parts.append(f"took {prediction.latency_ms / 1000.0:.1f} s" + (f" on {device}" if device else ""))

@@ -106,6 +106,9 @@ class Prediction:
     duration: float = 0.0
     latency_ms: float = 0.0
     notes: list[str] = field(default_factory=list)  # e.g. "no face found in the image"
+    # the top probability is below the model's uncertain_threshold: the app says "not sure: a or b?"
+    uncertain: bool = False
+    alternatives: list[str] = field(default_factory=list)  # the two likeliest labels when uncertain
 
     @property
     def label(self) -> str:

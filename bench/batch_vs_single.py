@@ -18,8 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.model import build_model
-from backend.model_config import WEIGHTS_NAME, EmotionConfig
+from backend.model import load_speech_branch
 from backend.settings import DEFAULT_MODEL_DIR
 from train import corpora
 from train.fit_speech import load_clips
@@ -30,22 +29,6 @@ SECONDS = (0.5, 1.0, 2.3, 4.0, 7.5, 13.0, 21.0, 30.0)
 def real_clips(data: Path) -> list[np.ndarray]:
     source = np.concatenate(load_clips(corpora.ravdess(data / "ravdess-speech-16k", actors=[19])[:12]))
     return [source[int(i * 8_000) : int(i * 8_000) + int(s * 16_000)] for i, s in enumerate(SECONDS)]
-
-
-def speech_model(folder: Path, device: str, speech_backbone: str | None = None):
-    """The speech branch of a model folder only (no text backbone needed: GPU machines carry just Whisper)."""
-    from safetensors.torch import load_file
-
-    config = EmotionConfig.load(folder)
-    if speech_backbone:
-        config.speech_backbone = speech_backbone
-    model = build_model(config, device=device, modalities=("speech",))
-    tensors = load_file(str(folder / WEIGHTS_NAME))
-    missing, _ = model.load_state_dict(
-        {k: v for k, v in tensors.items() if k.startswith(("heads.", "speech_encoder."))}, strict=False
-    )
-    assert not [k for k in missing if k.startswith(("heads.speech_head", "speech_encoder.")) and "lora_" in k]
-    return model.to(device).eval()
 
 
 def speech_probs(model, batch: list[np.ndarray]) -> np.ndarray:
@@ -76,7 +59,7 @@ def main() -> None:
     p.add_argument("--speech-backbone", default=None)
     p.add_argument("--data", default=str(corpora.shared_data_dir()))
     args = p.parse_args()
-    model = speech_model(Path(args.model), args.device, args.speech_backbone)
+    model = load_speech_branch(Path(args.model), args.device, args.speech_backbone)
     diff = max_batch_vs_single(model, real_clips(Path(args.data)))
     precision = "bf16 autocast" if args.device.startswith("cuda") else "float32"
     print(json.dumps({"device": args.device, "precision": precision, "seconds": SECONDS, "max_abs_diff": diff}))

@@ -174,3 +174,19 @@ def test_wiring_names_every_event_and_starts_offline(studio):  # noqa: F811
     options = studio.launch_options(studio.get_settings())
     assert options["max_file_size"] == int(studio.get_settings().max_upload_mb * 1024 * 1024)
     assert options["blocked_paths"] == [str(studio.get_settings().media_dir)] and "allowed_paths" not in options
+
+
+@pytest.mark.slow
+def test_a_session_is_read_as_one_voice_after_three_clips(studio, shared_data):  # noqa: F811
+    clips = sorted((shared_data / RAVDESS / "Actor_17").glob("*.flac"))[:4]
+    session = None
+    for clip in clips[:3]:
+        _, summary, *_, session, _, _ = studio.predict(str(clip), session=session)
+        assert "adapting to this voice" not in summary
+    assert session["voice"]["count"] == 3 and len(session["voice"]["total"]) > 0
+    _, summary, *_, details, session, _, _ = studio.predict(str(clips[3]), session=session)
+    assert "adapting to this voice" in summary
+    assert "Speech read after adapting to this voice (3 earlier clips)." in details["notes"]
+    assert session["voice"]["count"] == 4
+    *_, session = studio.delete_my_data(session)
+    assert "voice" not in session  # deleting what the session gave forgets the voice statistics too

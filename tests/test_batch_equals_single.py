@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from backend.model import load_speech_branch
 from backend.settings import DEFAULT_MODEL_DIR
-from bench.batch_vs_single import max_batch_vs_single, real_clips, speech_model
+from bench.batch_vs_single import max_batch_vs_single, real_clips
 
 pytestmark = pytest.mark.slow
 
@@ -25,5 +26,5 @@ pytestmark = pytest.mark.slow
     ],
 )
 def test_batch_equals_single(device: str, limit: float, shared_data: Path) -> None:
-    model = speech_model(Path(DEFAULT_MODEL_DIR), device)
+    model = load_speech_branch(DEFAULT_MODEL_DIR, device)
     assert max_batch_vs_single(model, real_clips(shared_data)) <= limit

@@ -253,3 +253,32 @@ def test_module_runs_as_a_command():
         [sys.executable, "-m", "train.evaluate", "--help"], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0 and "--dataset" in done.stdout and "--out" in done.stdout
+
+
+@dataclass
+class SpeakerAwarePredictor:
+    """Records the speaker statistics it is handed; says "disgust" 0.5, else "sad" 0.3: --classes must drop disgust."""
+
+    model_version: str = "speaker-v0"
+    seen: list = field(default_factory=list)
+
+    def predict_batch(self, samples, faces_are_crops=False, speakers=None, update_speakers=True):
+        self.seen.append((len(samples), [None if s is None else s.count for s in speakers or []], update_speakers))
+        for s in speakers or []:
+            if s is not None and update_speakers:
+                s.add(np.ones(4))
+        probs = {n: 0.5 if n == "disgust" else 0.3 if n == "sad" else 0.2 / 5 for n in LABELS}
+        return [Prediction(probs=dict(probs), modalities={}, model_version=self.model_version) for _ in samples]
+
+
+def test_ased_with_speaker_adaptation_and_shared_classes(tmp_path, monkeypatch):
+    predictor = SpeakerAwarePredictor()
+    monkeypatch.setattr(evaluate, "load_model", lambda model: predictor)
+    argv = ["--dataset", "ased", "--limit", "12", "--adapt", "speaker", "--no-progress"]
+    report = evaluate.main([*argv, "--classes", "neutral,happy,sad,angry,fearful", "--out", str(tmp_path / "a.json")])
+    assert report["dataset"]["speakers"] == list(corpora.ASED_DEV_SPEAKERS) and report["adapt"] == "speaker"
+    first, second = predictor.seen[: len(predictor.seen) // 2], predictor.seen[len(predictor.seen) // 2 :]
+    assert all(update for _, _, update in first) and not any(update for _, _, update in second)
+    assert sum(n for n, _, _ in second) == 12 and all(c and c > 0 for _, counts, _ in second for c in counts)
+    assert report["per_class"]["disgust"]["support"] == 0 and report["per_class"]["sad"]["recall"] == 1.0
+    assert report["confusion"]["matrix"][LABELS.index("sad")][LABELS.index("disgust")] == 0  # argmax over the 5

@@ -186,3 +186,14 @@ def test_model_info_reads_card_summary_and_confusion(tmp_path):
     assert info.confusion == tmp_path / "confusion_speech.png"
     empty = present.model_info(None, "v2")
     assert empty.version == "v2" and empty.card == "" and empty.metrics.empty and empty.confusion is None
+
+
+def test_summary_says_not_sure_with_the_two_likeliest_labels():
+    from backend.present import summary_markdown
+    from backend.types import ModalityResult, Prediction, probs_dict
+
+    probs = probs_dict([0.05, 0.1, 0.05, 0.38, 0.35, 0.02, 0.05])
+    sure = Prediction(probs=probs, modalities={"speech": ModalityResult(probs, 1.0)}, model_version="v2")
+    unsure = Prediction(**{**sure.__dict__, "uncertain": True, "alternatives": ["angry", "fearful"]})
+    assert "Not sure" not in summary_markdown(sure) and summary_markdown(sure).startswith("**angry**")
+    assert summary_markdown(unsure).startswith("**Not sure: angry or fearful?**")

@@ -3,6 +3,12 @@
     python -m train.evaluate --data DIR --out report.json [--model PATH_OR_ID]
     python -m train.evaluate --dataset ravdess --out ravdess_dev.json          # actors 17-20
     python -m train.evaluate --dataset goemotions --split dev --limit 500 --out ge.json
+    python -m train.evaluate --dataset ased --adapt speaker --out ased_dev.json      # ASED dev speakers
+    python -m train.evaluate --dataset ravdess --classes neutral,happy,sad,angry,fearful --out loco.json
+
+--adapt speaker|folder standardises speech per speaker (or over the whole set, e.g. an imported folder) with
+unlabelled statistics (backend.adapt). --classes scores only those classes, argmax over them alone: the
+leave-one-corpus-out protocol over the classes both corpora share.
 
 DIR is a Hugging Face style folder (metadata.csv with file_name,label or text,label). --dataset
 reads a shared corpus directly, on its dev split unless --split train is asked for.
@@ -20,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from backend.adapt import SpeakerStats
 from backend.errors import ModelError
 from backend.labels import LABEL_TO_ID, LABELS
 from backend.types import Sample
@@ -29,7 +36,8 @@ from train.metrics import classification_report, expected_calibration_error, plo
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("ravdess", "goemotions", "meld", "fer2013")
+DATASETS = ("ravdess", "ased", "goemotions", "meld", "fer2013")
+ADAPT = ("none", "speaker", "folder")
 
 
 def load_model(model: str | None):
@@ -88,22 +96,50 @@ def _batches(examples: Sequence[Example], batch_size: int) -> list[list[int]]:
     return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
+def speaker_groups(examples: Sequence[Example], adapt: str) -> list[str | None]:
+    """The group whose unlabelled statistics adapt each speech example: its speaker, or the whole set."""
+    if adapt == "none":
+        return [None] * len(examples)
+    return [(ex.speaker or "unknown") if adapt == "speaker" else "folder" for ex in examples]
+
+
+def gather_speaker_stats(examples: Sequence[Example], predictor, groups: list[str | None], batch_size: int) -> dict:
+    """First pass of --adapt: every speech clip's embedding into its group's statistics (labels unused)."""
+    stats: dict[str, SpeakerStats] = {}
+    for batch in _batches(examples, batch_size):
+        if examples[batch[0]].modality != "speech":
+            continue
+        speakers = [stats.setdefault(groups[i], SpeakerStats()) if groups[i] else None for i in batch]
+        predictor.predict_batch([to_sample(examples[i]) for i in batch], speakers=speakers)
+    return stats
+
+
 def predict_all(
-    examples: Sequence[Example], predictor, batch_size: int = 16, progress: bool = True
+    examples: Sequence[Example],
+    predictor,
+    batch_size: int = 16,
+    progress: bool = True,
+    adapt: str = "none",
 ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     """Fused label ids (N,), fused probabilities (N, C) and each branch's probabilities (N, C).
 
-    Branch rows are NaN where the prediction has no result for that branch (e.g. no face found).
+    Branch rows are NaN where the prediction has no result for that branch (e.g. no face found). adapt:
+    speech read after per-speaker / whole-set standardisation (two passes: statistics, then predictions).
     """
     n, k = len(examples), len(LABELS)
     preds = np.zeros(n, dtype=np.int64)
     probs = np.zeros((n, k), dtype=np.float64)
     branches: dict[str, np.ndarray] = {}
+    groups = speaker_groups(examples, adapt)
+    stats = gather_speaker_stats(examples, predictor, groups, batch_size) if adapt != "none" else {}
     with tqdm(total=n, disable=not progress, unit="ex", desc="evaluate") as bar:
         for batch in _batches(examples, batch_size):
             samples = [to_sample(examples[i]) for i in batch]
             if _is_crop(examples[batch[0]]):
                 out = predictor.predict_batch(samples, faces_are_crops=True)
+            elif stats:
+                speakers = [stats.get(groups[i]) if groups[i] else None for i in batch]
+                out = predictor.predict_batch(samples, speakers=speakers, update_speakers=False)
             else:
                 out = predictor.predict_batch(samples)
             if len(out) != len(batch):
@@ -141,12 +177,28 @@ def evaluate(
     batch_size: int = 16,
     progress: bool = True,
     dataset: dict | None = None,
+    adapt: str = "none",
+    classes: Sequence[str] | None = None,
 ) -> dict:
-    """Run predictor over examples; the classification report plus model version, ECE and wall time."""
+    """Run predictor over examples; the classification report plus model version, ECE and wall time.
+
+    classes: score only examples of these classes, with the argmax taken over them alone (leave-one-corpus-out
+    over shared classes); adapt: see predict_all.
+    """
+    if classes:
+        examples = [ex for ex in examples if ex.label_name in set(classes)]
     if not examples:
         raise ValueError("nothing to evaluate: the set is empty")
     start = time.perf_counter()
-    preds, probs, branches = predict_all(examples, predictor, batch_size=batch_size, progress=progress)
+    preds, probs, branches = predict_all(examples, predictor, batch_size=batch_size, progress=progress, adapt=adapt)
+    if classes:
+        allowed = np.array([name in set(classes) for name in LABELS])
+        probs = np.where(allowed, probs, 0.0)
+        probs = probs / probs.sum(axis=1, keepdims=True).clip(min=1e-12)
+        preds = probs.argmax(axis=1)
+        branches = {
+            m: np.where(allowed, b, 0.0) / np.where(allowed, b, 0.0).sum(1, keepdims=True) for m, b in branches.items()
+        }
     wall = time.perf_counter() - start
     y_true = np.array([ex.label for ex in examples], dtype=np.int64)
     report = classification_report(y_true, preds, LABELS)
@@ -159,6 +211,8 @@ def evaluate(
             "modality": modalities[0] if len(modalities) == 1 else "mixed",
             "modalities": modalities,
             "dataset": dataset or {},
+            "adapt": adapt,
+            "classes": list(classes) if classes else list(LABELS),
             "wall_seconds": wall,
             "examples_per_second": len(examples) / wall if wall > 0 else None,
         }
@@ -193,6 +247,11 @@ def load_dataset(args: argparse.Namespace) -> tuple[list[Example], dict]:
         root = Path(args.root) if args.root else corpora.SHARED_DATA / "ravdess-speech-16k"
         examples = corpora.ravdess(root, actors)
         info.update(actors=actors, split=split if not args.actors else "custom")
+    elif name == "ased":
+        speakers = corpora.ASED_DEV_SPEAKERS if split == "dev" else corpora.ASED_TRAIN_SPEAKERS
+        root = Path(args.root) if args.root else corpora.SHARED_DATA / "ased-speech-16k"
+        examples = corpora.ased(root, speakers)
+        info.update(speakers=list(speakers))
     elif name == "goemotions":
         root = _corpus_file(args.root, "text/goemotions-ekman", f"{split}.tsv")
         examples = corpora.goemotions(root, single_label_only=args.single_label)
@@ -226,6 +285,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--single-label", action="store_true", help="GoEmotions: drop multi-label rows")
     parser.add_argument("--face-crops", action="store_true", help="--data images are cropped faces")
     parser.add_argument("--limit", type=int, help="evaluate a fixed random subset of N examples")
+    parser.add_argument("--adapt", choices=ADAPT, default="none", help="unlabelled speech standardisation")
+    parser.add_argument("--classes", help="comma-separated labels: score only these (argmax over them)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit subset")
     parser.add_argument("--model", help="model folder or Hub id (default: the promoted default model)")
     parser.add_argument("--batch-size", type=int, default=16)
@@ -255,7 +316,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
         predictor = load_model(args.model)
     except ModelError as exc:
         parser.exit(1, f"error: {exc}\n")
-    report = evaluate(examples, predictor, args.batch_size, progress=not args.no_progress, dataset=info)
+    classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
+    if classes and set(classes) - set(LABELS):
+        parser.error(f"--classes must be among {', '.join(LABELS)}")
+    report = evaluate(
+        examples,
+        predictor,
+        args.batch_size,
+        progress=not args.no_progress,
+        dataset=info,
+        adapt=args.adapt,
+        classes=classes,
+    )
     report["model"] = args.model
     write_report(report, args.out)
     log.info(
