@@ -62,6 +62,13 @@ def test_loops_are_recognised():
     assert not asr.looks_looping("", 0, 24)
 
 
+def test_a_statement_said_over_and_over_is_cut_to_one():
+    assert asr.repeated_unit([1, 2, 3, 4, 1, 2, 3, 4, 1, 2]) == [1, 2, 3, 4]  # the last repeat cut off by the cap
+    assert asr.repeated_unit([1, 2, 3, 4, 5, 6]) is None
+    assert asr.repeated_unit([7, 7, 7, 7, 7, 7]) is None  # "no no no no": people say that
+    assert asr.repeated_unit([1, 2, 3, 4, 1, 2, 3]) is None  # less than twice
+
+
 def test_hub_backbones_fall_back_to_transformers(tiny_backbones, monkeypatch):
     backbone = load_speech_backbone(tiny_backbones["speech"], cache=Path(tiny_backbones["cache"]))
     assert asr.ct2_engine(backbone, torch.device("cpu")) is None  # not an offline alias: no CT2 model for it
