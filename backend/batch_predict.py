@@ -3,7 +3,10 @@
 Every accelerate process takes every world-th item (all visible GPUs: `accelerate launch --num_processes N -m
 backend.predict --batch ...`). Files are decoded in DataLoader workers while the GPU computes; each chunk of
 results goes to OUT.parts/rank{r}-{n}.parquet at once, so a stopped run continues where it was (inputs already in
-a part are skipped); the main process merges the parts into OUT at the end.
+a part are skipped); the main process merges the parts into OUT at the end. adapt=True reads speech after
+standardising each folder's voices with unlabelled statistics (backend.adapt): the files of one parent folder
+are taken as one speaker (a folder of speaker subfolders adapts per subfolder); it costs a first pass over the
+audio of this process's share.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pandas as pd
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from backend.adapt import SpeakerStats
 from backend.errors import MediaError
 from backend.labels import LABELS
 from backend.media import load_sample
@@ -120,6 +124,33 @@ def done_keys(out: Path) -> set[str]:
     return keys
 
 
+def voice_group(item: Item) -> str | None:
+    """The speaker an item is taken to be for adaptation: its parent folder (None: a text row)."""
+    return str(Path(item.path).parent) if item.path else None
+
+
+def _loader(items: list[Item], settings: Settings, batch_size: int, workers: int) -> DataLoader:
+    return DataLoader(
+        _Decoded(items, settings),
+        batch_size=batch_size,
+        num_workers=workers,
+        collate_fn=list,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+
+
+def folder_stats(items: list[Item], predictor, settings: Settings, batch_size: int, workers: int) -> dict:
+    """First pass of adaptation: every audio item's embedding into its folder's statistics."""
+    stats: dict[str, SpeakerStats] = {}
+    for batch in _loader(items, settings, batch_size, workers):
+        good = [(it, smp) for it, smp, _ in batch if smp is not None and smp.audio is not None]
+        if good:
+            speakers = [stats.setdefault(voice_group(it), SpeakerStats()) for it, _ in good]
+            predictor.predict_batch([smp for _, smp in good], speakers=speakers)
+    return stats
+
+
 def predict_shard(
     items: list[Item],
     out: Path,
@@ -129,6 +160,7 @@ def predict_shard(
     world: int = 1,
     batch_size: int = 64,
     workers: int = 2,
+    adapt: bool = False,
 ) -> int:
     """This process's share (every world-th item not done yet) -> part files; returns how many it predicted."""
     done = done_keys(out)
@@ -136,14 +168,8 @@ def predict_shard(
     parts = parts_dir(out)
     parts.mkdir(parents=True, exist_ok=True)
     first = len(list(parts.glob(f"rank{rank}-*.parquet")))
-    loader = DataLoader(
-        _Decoded(mine, settings),
-        batch_size=batch_size,
-        num_workers=workers,
-        collate_fn=list,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
+    stats = folder_stats(mine, predictor, settings, batch_size, workers) if adapt else {}
+    loader = _loader(mine, settings, batch_size, workers)
     count = 0
     bar = tqdm(total=len(mine), desc=f"predict[{rank}]", position=rank, disable=not mine)
     for n, batch in enumerate(loader):
@@ -151,7 +177,8 @@ def predict_shard(
         good = [(it, smp) for it, smp, _ in batch if smp is not None]
         if good:
             try:
-                preds = predictor.predict_batch([smp for _, smp in good])
+                speakers = [stats.get(voice_group(it)) for it, _ in good] if stats else None
+                preds = predictor.predict_batch([smp for _, smp in good], speakers=speakers, update_speakers=False)
                 rows += [row(it, p, None, rank) for (it, _), p in zip(good, preds)]
             except ValueError:  # one bad sample (e.g. nothing usable) must not sink the batch: retry one by one
                 for it, smp in good:
@@ -181,7 +208,13 @@ def merge(items: list[Item], out: Path) -> pd.DataFrame:
 
 
 def run_batch(
-    source: Path, out: Path, model: str | None, settings: Settings, batch_size: int = 64, workers: int = 2
+    source: Path,
+    out: Path,
+    model: str | None,
+    settings: Settings,
+    batch_size: int = 64,
+    workers: int = 2,
+    adapt: bool = False,
 ) -> dict:
     """The whole job in this process (rank and world from accelerate); the main process merges at the end."""
     import torch
@@ -198,7 +231,7 @@ def run_batch(
         EmotionModel.from_pretrained(model or settings.model, cache=settings.cache, device=device), settings
     )
     count = predict_shard(
-        items, out, predictor, settings, state.process_index, state.num_processes, batch_size, workers
+        items, out, predictor, settings, state.process_index, state.num_processes, batch_size, workers, adapt
     )
     state.wait_for_everyone()
     summary = {"rank": state.process_index, "predicted": count, "items": len(items)}

@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="--batch: results parquet (parts kept beside it)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2, help="--batch: decoding processes per GPU process")
+    parser.add_argument(
+        "--adapt", action="store_true", help="--batch: adapt speech to each folder's voices (unlabelled statistics)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if args.batch is not None:
@@ -88,7 +91,9 @@ def batch_main(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int
     if args.out is None or args.files or args.text:
         parser.error("--batch takes --out and no files or --text")
     try:
-        summary = run_batch(args.batch, args.out, args.model, load_settings(), args.batch_size, args.workers)
+        summary = run_batch(
+            args.batch, args.out, args.model, load_settings(), args.batch_size, args.workers, adapt=args.adapt
+        )
     except (ModelError, ValueError) as exc:
         print(json.dumps({"error": str(exc)}), file=sys.stderr)
         return 1

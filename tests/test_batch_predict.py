@@ -43,9 +43,9 @@ class Counting:
     def __init__(self, inner: Predictor) -> None:
         self.inner, self.n = inner, 0
 
-    def predict_batch(self, samples):
+    def predict_batch(self, samples, **kwargs):
         self.n += len(samples)
-        return self.inner.predict_batch(samples)
+        return self.inner.predict_batch(samples, **kwargs)
 
     def predict(self, sample):
         self.n += 1
@@ -104,3 +104,22 @@ def test_cli_table_with_text_and_workers(
 def test_cli_batch_needs_out(media: Path) -> None:
     with pytest.raises(SystemExit):
         cli.main(["--batch", str(media)])
+
+
+def test_adapt_reads_each_folder_as_one_voice(media: Path, predictor: Predictor, tmp_path: Path) -> None:
+    settings = load_settings(asr=False)
+    items = list_items(media)
+    reference = predictor.model.heads.speech_head.reference_mean
+    plain_out, adapted_out = tmp_path / "plain.parquet", tmp_path / "adapted.parquet"
+    try:
+        reference.fill_(0.5)  # a trained model's mean (the tiny folder ships zeros, which means "do not adapt")
+        predict_shard(items, plain_out, predictor, settings, batch_size=4, workers=0)
+        predict_shard(items, adapted_out, predictor, settings, batch_size=4, workers=0, adapt=True)
+    finally:
+        reference.zero_()
+    plain, adapted = (merge(items, out).set_index("key") for out in (plain_out, adapted_out))
+    cols = [f"p_{k}" for k in LABELS]
+    moved = (plain[cols] - adapted[cols]).abs().max(axis=1)
+    assert (moved[[f"clip{i}.wav" for i in range(5)]] > 1e-5).all()  # five clips in one folder: adapted
+    assert moved["sub/deep.flac"] < 1e-6  # one clip alone in its folder: too little to go on
+    assert adapted.loc["broken.wav", "error"] and adapted["error"].notna().sum() == 1
