@@ -57,6 +57,12 @@ case "$1" in
     for name in ${SHIP:-}; do cp "$run/$name.safetensors" "$OUT/"; done  # files come back at most 16 MB each
     cd "$OUT" && tar czf results.tgz --exclude='*.safetensors' speech && rm -rf speech && ls -la "$OUT"
     exit "$fails" ;;
+  calibrate)  # dev-mix logits of the model under the mix conditions (parts w, r, s1-s3, k2) -> $OUT
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/*.whl 2>/dev/null
+    export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1
+    python3 -m train.speech_calibration --model "${MODEL:-models/default}" --data "$STASH/data" --device cuda \
+      --codecs "$STASH/codecs" --speech-backbone "$STASH/whisper-base" --cache-logits "$OUT/devmix.npz" \
+      > "$OUT/calibration.json" && cut -c1-600 "$OUT/calibration.json" ;;
   batch-vs-single)  # bf16 on the GPU: a clip alone vs in mixed batches (needs parts w, r)
     export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --speech-backbone "$STASH/whisper-base" \

@@ -149,13 +149,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--codecs", default=None, help="codec copies (python -m train.codec_views); else no codec rows")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cache-logits", default=None, help="npz: reuse (or write) the dev-mix logits")
+    p.add_argument("--speech-backbone", default=None, help="override the model's (e.g. a packed copy on a GPU box)")
     p.add_argument("--write", action="store_true", help="store temperature and threshold in the model folder")
     args = p.parse_args(argv)
     cached = Path(args.cache_logits) if args.cache_logits else None
     if cached and cached.is_file():
         mix = dict(np.load(cached))
     else:
-        model = load_speech_branch(args.model, args.device)
+        model = load_speech_branch(args.model, args.device, args.speech_backbone)
         mix = dev_mix(model, Path(args.data), Path(args.codecs) if args.codecs else None)
         if cached:
             np.savez_compressed(cached, **mix)
