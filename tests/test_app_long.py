@@ -26,6 +26,9 @@ class FakePredictor:
     def predict(self, sample: Sample) -> Prediction:
         return Prediction(probs={}, modalities={}, model_version="fake", duration=sample.duration)
 
+    def predict_batch(self, samples: list[Sample], **_: object) -> list[Prediction]:
+        return [self.predict(s) for s in samples]
+
     def predict_steps(self, sample: Sample):
         self.started.set()
         for fraction in (0.25, 0.5, 0.75):
