@@ -200,8 +200,11 @@ def figures(values: list[float]) -> dict:
     }
 
 
-def crowd(url: str, clips: list[Path], annotators: int, predictors: int, seconds: float, think: float) -> dict:
-    """Annotators voting and clients predicting for `seconds`; latencies per endpoint."""
+def crowd(
+    url: str, clips: list[Path], annotators: int, predictors: int, seconds: float, think: float, tag: str = ""
+) -> dict:
+    """Annotators voting and clients predicting for `seconds`; latencies per endpoint. `tag` keeps the annotator
+    names of different phases apart (a name seen before needs its key)."""
     from gradio_client import Client, handle_file
 
     lat: dict[str, list[float]] = {"vote": [], "predict": []}
@@ -219,8 +222,13 @@ def crowd(url: str, clips: list[Path], annotators: int, predictors: int, seconds
                 errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
 
     def annotator(i: int) -> None:
-        client = Client(url, verbose=False)
-        client.predict(name=f"bench{i}", api_name="/next_item")
+        try:
+            client = Client(url, verbose=False)
+            client.predict(name=f"bench{tag}{i}", api_name="/next_item")
+        except Exception as exc:
+            with lock:
+                errors.append(f"start: {type(exc).__name__}: {exc}"[:200])
+            return
         while time.perf_counter() < stop:
             time.sleep(think)
             label = ["sad", "happy", "angry"][len(lat["vote"]) % 3]
@@ -311,8 +319,8 @@ def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folde
 
 def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: Path) -> dict:
     if args.scenario == "crowd":
-        loaded = crowd(url, clips, args.annotators, args.predictors, args.seconds, args.think)
-        alone = crowd(url, clips, args.annotators, 0, args.seconds, args.think)
+        loaded = crowd(url, clips, args.annotators, args.predictors, args.seconds, args.think, "a")
+        alone = crowd(url, clips, args.annotators, 0, args.seconds, args.think, "b")
         predict_alone = crowd(url, clips, 0, args.predictors, args.seconds, args.think)
         return {"with_predictors": loaded, "annotators_alone": alone, "predictors_alone": predict_alone}
     if args.scenario == "hol":
