@@ -135,3 +135,15 @@ def test_fit_and_report_combinations_use_disjoint_rows() -> None:
     }
     agree = combos.kind == "agree:speech+text+face"
     assert (combos.probs[agree].argmax(-1) == combos.y[agree, None]).mean() > 0.5
+
+
+def test_cluster_bootstrap_resamples_whole_clips() -> None:
+    from bench.fusion import cluster_ci
+
+    clusters = np.repeat(np.arange(20), 5)
+    fused = np.repeat(np.arange(20) % 2 == 0, 5)  # half the clips always right, half always wrong
+    ci = cluster_ci({"fused": fused, "speech": np.zeros(100, bool)}, clusters)
+    assert ci["fused"][0] < 0.5 < ci["fused"][1] and ci["speech"] == [0.0, 0.0]
+    assert ci["fused-speech"] == ci["fused"]
+    narrow = cluster_ci({"fused": fused}, np.arange(100))["fused"]  # rows as independent: narrower
+    assert narrow[1] - narrow[0] < ci["fused"][1] - ci["fused"][0]

@@ -11,7 +11,7 @@ another label. Kinds (the target is always the anchor's label y):
 - odd-one-out:<m>      two modalities say y, modality m was drawn from another label z
 - one-vs-one:<a>+<b>   two modalities, one drawn with y and the other with z (which one is random)
 
-Fitting and reporting use disjoint rows: speakers (actors 17-18 vs 19-20), texts (comment / dialogue
+Fitting and reporting use disjoint rows: speakers (RAVDESS actors 17-18 vs 19-20; ASED dev speakers alternately), texts (comment / dialogue
 buckets) and faces (index buckets), see split_masks.
 """
 
@@ -23,10 +23,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from backend.labels import LABEL_TO_ID, MODALITIES, NUM_LABELS
-from train.fusion_data import BranchCache
+from train import corpora
+from train.fusion_data import ASED_GROUP, BranchCache
 
 NEUTRAL = LABEL_TO_ID["neutral"]
-SPLITS = {"fit": ((17, 18), (0, 500)), "report": ((19, 20), (500, 1000))}  # actors, group buckets
+ASED_FIT = tuple(ASED_GROUP + n for n in corpora.ASED_DEV_SPEAKERS[0::2])
+ASED_REPORT = tuple(ASED_GROUP + n for n in corpora.ASED_DEV_SPEAKERS[1::2])
+SPLITS = {"fit": ((17, 18, *ASED_FIT), (0, 500)), "report": ((19, 20, *ASED_REPORT), (500, 1000))}  # speakers, buckets
 SUBSETS = [c for r in (1, 2, 3) for c in itertools.combinations(MODALITIES, r)]
 
 

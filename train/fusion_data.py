@@ -1,6 +1,6 @@
 """Each branch's calibrated probabilities on the shared dev corpora, computed once per model and cached.
 
-Speech: RAVDESS dev actors 17-20 through the real predictor with ASR on, so every clip also carries the
+Speech: RAVDESS dev actors 17-20 (and ASED dev speakers, speech only) through the real predictor with ASR on, so every clip also carries the
 text branch's reading of its own Whisper transcript (lexically neutral sentences: the real "uninformative
 words" case). Text: GoEmotions dev (single-label rows) and MELD dev. Faces: FER2013 val crops.
 Fusion rules are then fitted and judged on cheap numpy combinations of these rows (train.fusion_combos).
@@ -26,6 +26,7 @@ from train import corpora
 log = logging.getLogger(__name__)
 
 CACHE_DIR = corpora.REPO_ROOT / "runs" / "fusion_cache"
+ASED_GROUP = 100  # ASED speaker n has speech group 100 + n (RAVDESS actors keep 1-24)
 SPEECH_ACTORS = tuple(corpora.SPEECH_DEV_ACTORS)  # 17-20
 
 
@@ -50,6 +51,7 @@ class BranchCache:
 
 PARTS: dict[str, tuple[str, ...]] = {  # cache part -> its fields
     "speech": ("speech", "speech_y", "speech_group"),
+    "ased": ("ased", "ased_y", "ased_group"),
     "asr": ("asr_text", "transcript"),
     "text": ("text", "text_y", "text_group", "text_source"),
     "face": ("face", "face_y", "face_group"),
@@ -79,6 +81,7 @@ def part_fingerprints(model_dir: Path) -> dict[str, str]:
             h.update(tensors[key].float().numpy().tobytes())
         h.update(tensors["heads.gate.log_temperature"].float()[t_index].numpy().tobytes())
         keys[part] = h.hexdigest()[:16]
+    keys["ased"] = keys["speech"]
     keys["asr"] = hashlib.sha256((config["speech_backbone"] + keys["text"]).encode()).hexdigest()[:16]
     return keys
 
@@ -109,6 +112,20 @@ def speech_rows(predictor, actors: Sequence[int] = SPEECH_ACTORS) -> dict[str, n
         "speech_group": np.array([e.meta["actor"] for e in examples]),
         "asr_text": asr,
         "transcript": np.array([p.transcript or "" for p in preds]),
+    }
+
+
+def ased_rows(predictor) -> dict[str, np.ndarray]:
+    """ASED dev speakers (Amharic, no transcript: Whisper's text of Amharic is no use to an English text branch)."""
+    from train.evaluate import to_sample
+
+    examples = corpora.ased(corpora.shared_data_dir() / "ased-speech-16k", speakers=corpora.ASED_DEV_SPEAKERS)
+    log.info("speech: %d ASED dev clips", len(examples))
+    preds = predictor.predict_chunked([to_sample(e) for e in examples], chunk=8)
+    return {
+        "ased": _matrix(preds, "speech"),
+        "ased_y": np.array([e.label for e in examples]),
+        "ased_group": np.array([ASED_GROUP + e.meta["speaker_number"] for e in examples]),
     }
 
 
@@ -160,6 +177,8 @@ def _predictor(model_dir: Path, asr: bool):
 
 def compute_part(model_dir: Path, part: str) -> dict[str, np.ndarray]:
     """Run the real predictor for one cache part (asr: RAVDESS with transcription, the slow one)."""
+    if part == "ased":
+        return ased_rows(_predictor(model_dir, asr=False))
     if part in ("speech", "asr"):
         rows = speech_rows(_predictor(model_dir, asr=part == "asr"))
         return {f: rows[f] for f in PARTS[part]}
@@ -184,7 +203,18 @@ def load_cache(model_dir: str | Path, cache_dir: Path = CACHE_DIR, refresh: bool
         tmp.replace(path)
         log.info("cached %s", path)
         fields |= rows
-    return BranchCache(**fields)
+    return BranchCache(**_with_ased(fields))
+
+
+def _with_ased(fields: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """ASED clips join the speech rows (no transcript: their asr_text rows are NaN)."""
+    ased = fields.pop("ased"), fields.pop("ased_y"), fields.pop("ased_group")
+    fields["speech"] = np.concatenate([fields["speech"], ased[0]])
+    fields["speech_y"] = np.concatenate([fields["speech_y"], ased[1]])
+    fields["speech_group"] = np.concatenate([fields["speech_group"], ased[2]])
+    fields["asr_text"] = np.concatenate([fields["asr_text"], np.full_like(ased[0], np.nan)])
+    fields["transcript"] = np.concatenate([fields["transcript"], np.full(len(ased[0]), "")])
+    return fields
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
