@@ -99,7 +99,7 @@ def test_push_sends_the_folder_card_and_tag(tmp_path, hub, tiny_model_dir, tiny_
     repo = hub.repos[REPO]
     assert repo.private  # private by default
     local = registry_dir(settings) / "v2"
-    assert set(repo.files) == {"config.json", "model.safetensors", "README.md"}
+    assert set(repo.files) == {"config.json", "model.safetensors", "README.md", "lexicon_embeddings.safetensors"}
     for name in ("config.json", "README.md"):
         assert repo.files[name] == (local / name).read_bytes(), name  # what arrived is what the app serves locally
     pushed, served = load(repo.files["model.safetensors"]), load_file(str(local / "model.safetensors"))
