@@ -8,8 +8,8 @@ fall back to `backend.speech.transcribe` on the pretrained weights (adapters off
 The mel is not padded to 30 s: a clip gets its own frames plus a margin of silence (MARGIN_FRAMES, at least
 MIN_FRAMES), rounded up to FRAME_BUCKET (8-9x less encoder work than 30 s for a 4 s clip). With too little
 silence after the speech Whisper's decoder can loop ("Dogs are sitting by the door!" x4 on 8 s of mel), so the
-output is capped by the clip's duration; an output that is one statement repeated is cut to that statement, and
-any other that hits the cap or repeats itself is decoded again on the full 30 s mel.
+output is capped by the clip's duration, and an output that hits the cap or repeats itself is decoded again on
+the full 30 s mel (where a statement really said twice stays twice).
 """
 
 from __future__ import annotations
@@ -143,10 +143,9 @@ def _decode_group(
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     again = []
     for k, (text, seq) in enumerate(zip(texts, ids)):
-        unit = repeated_unit(seq)
-        if unit is not None:  # the whole output is one statement over and over: that statement is the text
-            texts[k] = engine.tokenizer.decode(unit, skip_special_tokens=True)
-        elif looks_looping(text, len(seq), cap):
+        # one statement over and over on a trimmed mel is usually the decoder looping in the padding, but it may
+        # be a person saying it twice: decode it again on the full 30 s mel, which keeps real repeats
+        if frames < N_FRAMES and (repeated_unit(seq) is not None or looks_looping(text, len(seq), cap)):
             again.append(k)
     if again and frames < N_FRAMES:
         log.info("%d piece(s) looped on %d mel frames; decoding them on %d", len(again), frames, N_FRAMES)
