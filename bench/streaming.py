@@ -88,7 +88,7 @@ class Handler:
     """One chunk in, (the reading's JSON, the stream) out: the app's `live_push`, or the same backend calls
     without Gradio (`--no-app`, for machines without gradio: decode, VAD + reading, the live view's HTML)."""
 
-    def __init__(self, use_app: bool, model: str | None) -> None:
+    def __init__(self, use_app: bool, model: str | None, speech_backbone: str | None = None) -> None:
         from backend.predictor import load_predictor
         from backend.settings import load_settings
 
@@ -99,6 +99,14 @@ class Handler:
             self.app = app
             self.base = app.get_settings()
             self.predictor = app.get_predictor()
+        elif speech_backbone:  # a GPU box that carries only Whisper: the model's speech branch alone
+            from backend.model import load_speech_branch
+            from backend.predictor import Predictor, pick_device
+
+            self.base = load_settings(asr=False)
+            device = pick_device(self.base.device)
+            branch = load_speech_branch(model or "models/default", device, speech_backbone)
+            self.predictor = Predictor(branch, self.base)
         else:
             self.base = load_settings()
             self.predictor = load_predictor(model, settings=self.base)
@@ -249,6 +257,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-app", action="store_true", help="backend calls without importing Gradio / app.py")
     parser.add_argument("--model", default=None, help="model folder or Hub id (--no-app; default: the registry's)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--speech-backbone", default=None, help="--no-app: speech branch only, over this Whisper")
     parser.add_argument("--server", action="store_true", help="also: launched app + gradio_client round trips")
     parser.add_argument("--accuracy", action="store_true", help="reading accuracy per window on dev actors 17-20")
     parser.add_argument("--pack", type=Path, default=None, help="copy the clips under DIR/data and stop")
@@ -259,7 +268,7 @@ def main(argv: list[str] | None = None) -> dict:
         return print_report(accuracy(args.windows, args.hops[0], args.model), args.out)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    handler = Handler(not args.no_app, args.model)
+    handler = Handler(not args.no_app, args.model, args.speech_backbone)
     audio, spans = make_recording()
     browser = as_browser(audio)
     handler.push((BROWSER_RATE, browser[: BROWSER_RATE * 3]), None)  # warm-up: VAD session, first forward
