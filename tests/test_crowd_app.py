@@ -319,6 +319,9 @@ def test_injection_payloads_in_every_field_render_as_text(page, studio):  # noqa
         page.locator("#annotator-key input").fill(payload)  # a fresh name ignores it and gets its own key
         page.click("#start-btn")
         wait_text(page, "#progress", f"{payload}: 0 vote(s)")  # the name, literally
+        page.wait_for_function(  # the clip box may still show Gradio's "processing" overlay for a moment
+            "() => !document.querySelector('#clip-text').innerText.includes('processing')", timeout=30_000
+        )
         shown = page.inner_text("#clip-text")
         assert shown.strip().rsplit(" #", 1)[0] in PAYLOADS, shown  # a clip's text, literally
         page.locator("#label-note").locator("input, textarea").first.fill(payload)
