@@ -110,3 +110,45 @@ def test_every_fixed_condition_keeps_clip_lengths_and_is_repeatable():
         assert [len(x) for x in a] == [8_000, 20_000] and all(np.array_equal(x, y) for x, y in zip(a, b))
     with pytest.raises(ValueError, match="paths"):
         conditions.degrade("opus_16kbps", clips)
+
+
+def test_not_sure_threshold_is_where_the_clips_under_it_are_mostly_wrong():
+    from train.speech_calibration import coverage_curve, pick_threshold
+
+    rng = np.random.default_rng(0)
+    top = rng.uniform(0.5, 0.95, 2000)  # the top class keeps the top probability
+    labels = np.zeros(2000, dtype=int)
+    right = rng.uniform(size=2000) < np.where(top < 0.55, 0.3, 0.9)  # right 30% below 0.55, 90% above
+    probs = np.zeros((2000, 7))
+    probs[np.arange(2000), np.where(right, 0, 1)] = top
+    probs[np.arange(2000), np.where(right, 1, 0)] = 1 - top
+    assert pick_threshold(probs, labels) == 0.55
+    curve = {row["threshold"]: row for row in coverage_curve(probs, labels)}
+    assert curve[0.55]["accuracy_answered"] > 0.85 > 0.4 > curve[0.55]["accuracy_not_sure"]
+
+
+def test_train_speech_runs_end_to_end_on_both_corpora(tiny_backbones, shared_data, tmp_path):
+    """A tiny backbone, four clips per corpus and split: the real loader, masked loss, channel simulation,
+    selection, calibration and the files swap-speech reads."""
+    import json
+
+    from train.fit_speech import SpeechFitConfig, train_speech
+
+    cfg = SpeechFitConfig(
+        data=shared_data,
+        out=tmp_path,
+        cache=Path(tiny_backbones["cache"]),
+        backbone=tiny_backbones["speech"],
+        lora_rank=2,
+        epochs=1,
+        batch_size=4,
+        limit=4,
+        robustness=False,
+    )
+    summary = train_speech(cfg)
+    assert set(summary["dev_sets"]) == {"ravdess", "ased"} and summary["dev_sets"]["ased"]["n"] == 4
+    assert summary["calibration"]["temperature"] > 0 and summary["model_config"]["speech_loudness_norm"]
+    saved = json.loads((tmp_path / "speech.json").read_text())
+    assert saved["best_epoch"] == 0 and (tmp_path / "speech.safetensors").is_file()
+    arrays = np.load(tmp_path / "speech_dev.npz")
+    assert arrays["ased_emb"].shape[0] == 4 and arrays["train_emb_mean"].ndim == 1

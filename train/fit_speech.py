@@ -193,14 +193,18 @@ def speech_states(model, waves: list[torch.Tensor], gen: torch.Generator, train_
         )
 
 
+def shared_uar(logits: np.ndarray, labels: np.ndarray) -> float:
+    """UAR over the classes both corpora have, argmax over those classes only (leave-one-corpus-out metric)."""
+    shared = np.array([name in SHARED_LABELS for name in LABELS])
+    keep = shared[labels]
+    return classification_report(labels[keep], np.where(shared, logits[keep], -np.inf).argmax(1))["uar"]
+
+
 def score_dev(logits: torch.Tensor, examples: list[Example]) -> dict:
     """7-way report over the classes present, plus UAR with argmax over the classes both corpora share."""
     y = torch.tensor([e.label for e in examples])
     report = dev_summary(logits, y)
-    shared = torch.tensor([name in SHARED_LABELS for name in LABELS])
-    keep = shared[y]
-    restricted = logits[keep].float().masked_fill(~shared, float("-inf")).argmax(-1)
-    report["uar_shared"] = classification_report(y[keep].numpy(), restricted.numpy())["uar"]
+    report["uar_shared"] = shared_uar(logits.float().numpy(), y.numpy())
     return report
 
 
@@ -285,7 +289,7 @@ def train_speech(cfg: SpeechFitConfig) -> dict:
             " *" if better else "",
         )
     model.load_state_dict(tracker.state, strict=False)
-    return finish(model, cfg, config, tracker, timer, dev_sets, dev_clips)
+    return finish(model, cfg, config, tracker, timer, dev_sets, dev_clips, train_clips)
 
 
 @torch.inference_mode()
@@ -299,17 +303,13 @@ def evaluate_dev(model, dev_sets: dict[str, list[Example]], dev_clips: dict[str,
 
 
 @torch.inference_mode()
-def dev_embeddings(model, clips: list[np.ndarray], batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(logits (N, 7), embeddings (N, E)) of clean clips, for calibration and speaker-statistics analysis."""
-    from backend.branches import speech_forward
+def dev_embeddings(model, clips: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """(logits (N, 7), embeddings (N, E)) of clips, for calibration and speaker-statistics analysis."""
+    from backend.branches import speech_embed_batched
 
     model.eval()
-    logits, embs = [], []
-    for a in range(0, len(clips), batch):
-        lo, emb = speech_forward(model, clips[a : a + batch])
-        logits.append(lo.float().cpu())
-        embs.append(emb.float().cpu())
-    return torch.cat(logits).numpy(), torch.cat(embs).numpy()
+    logits, emb = speech_embed_batched(model, clips, max_batch=64)
+    return logits.numpy(), emb.numpy()
 
 
 def robustness(model, cfg: SpeechFitConfig, dev_sets: dict, dev_clips: dict) -> dict[str, dict[str, dict]]:
@@ -332,16 +332,18 @@ def robustness(model, cfg: SpeechFitConfig, dev_sets: dict, dev_clips: dict) -> 
     return out
 
 
-def finish(model, cfg: SpeechFitConfig, config: EmotionConfig, tracker, timer, dev_sets, dev_clips) -> dict:
+def finish(
+    model, cfg: SpeechFitConfig, config: EmotionConfig, tracker, timer, dev_sets, dev_clips, train_clips
+) -> dict:
     """Final dev figures, robustness table, dev logits/embeddings (npz) and the branch file."""
-    reports = evaluate_dev(model, dev_sets, dev_clips)
     arrays: dict[str, np.ndarray] = {}
+    reports = {}
     for name, examples in dev_sets.items():
         logits, embs = dev_embeddings(model, dev_clips[name])
+        reports[name] = score_dev(torch.from_numpy(logits), examples)
         arrays[f"{name}_logits"], arrays[f"{name}_emb"] = logits, embs
         arrays[f"{name}_labels"] = np.array([e.label for e in examples])
         arrays[f"{name}_speakers"] = np.array([e.speaker for e in examples])
-    train_clips = load_clips(speech_splits(cfg)[0])
     _, train_emb = dev_embeddings(model, train_clips)
     arrays["train_emb_mean"], arrays["train_emb_std"] = train_emb.mean(0), train_emb.std(0)
     mix_logits = torch.cat([torch.from_numpy(arrays[f"{c}_logits"]) for c in cfg.corpora])

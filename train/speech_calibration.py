@@ -83,21 +83,15 @@ def coverage_curve(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
     return rows
 
 
-def pick_threshold(curve: list[dict], band: float = 0.1) -> float:
-    """The highest threshold below which the clips just under it are more often wrong than right: "not sure"
-    then means what it says. Read from the curve's bands [t - band, t)."""
+def pick_threshold(probs: np.ndarray, labels: np.ndarray, band: float = 0.1) -> float:
+    """The highest threshold t whose clips just under it (top probability in [t - band, t)) are more often wrong
+    than right: "not sure" then means what it says."""
+    top, right = probs.max(1), probs.argmax(1) == labels
     chosen = THRESHOLDS[0]
-    for row in curve:
-        t = row["threshold"]
-        below = [r for r in curve if t - band - 1e-9 <= r["threshold"] <= t]
-        if len(below) >= 2 and below[0]["coverage"] > below[-1]["coverage"]:
-            # accuracy of the clips whose top prob lies in [t - band, t): from the two cumulative rows
-            hi, lo = below[0], below[-1]
-            n_band = hi["coverage"] - lo["coverage"]
-            acc_hi = hi["accuracy_answered"] * hi["coverage"]
-            acc_lo = (lo["accuracy_answered"] or 0.0) * lo["coverage"]
-            if (acc_hi - acc_lo) / n_band < 0.5:
-                chosen = t
+    for t in THRESHOLDS:
+        under = (top >= t - band) & (top < t)
+        if under.any() and right[under].mean() < 0.5:
+            chosen = t
     return float(chosen)
 
 
@@ -124,7 +118,7 @@ def calibrate(mix: dict[str, np.ndarray]) -> dict:
         m = corpus == name
         report[f"ece_after_{name}"] = float(expected_calibration_error(_probs(logits[m], t), labels[m]))
     report["curve"] = coverage_curve(_probs(logits, t), labels)
-    report["uncertain_threshold"] = pick_threshold(report["curve"])
+    report["uncertain_threshold"] = pick_threshold(_probs(logits, t), labels)
     return report
 
 

@@ -16,46 +16,36 @@ from pathlib import Path
 
 import numpy as np
 
-from backend.adapt import SHRINK
+from backend.adapt import group_stats
 from backend.labels import LABELS
 from train.conditions import CONDITIONS
-from train.corpora import ASED_LABELS
+from train.fit_speech import SHARED_LABELS, shared_uar
 from train.gate_stats import mcnemar_exact, paired_bootstrap
 from train.metrics import classification_report
 
-SHARED = np.array([name in ASED_LABELS for name in LABELS])
-
-
-def shared_uar(logits: np.ndarray, labels: np.ndarray) -> float:
-    """UAR over the classes both corpora have, argmax over those classes only."""
-    keep = SHARED[labels]
-    return classification_report(labels[keep], np.where(SHARED, logits[keep], -np.inf).argmax(1))["uar"]
-
 
 def adapted_logits(dev: dict, corpus: str, by: str) -> np.ndarray:
-    """Dev logits after moving each speaker's (by="speaker") or the whole set's (by="folder") mean embedding to
-    the training mean, shrunk as the product does (backend.adapt)."""
+    """Dev logits after the product's unlabelled adaptation (backend.adapt) per speaker (by="speaker") or over the
+    whole set (by="folder"), each group's statistics taken over all its clips."""
     emb = np.concatenate([dev["ravdess_emb"], dev["ased_emb"]])
     logits = np.concatenate([dev["ravdess_logits"], dev["ased_logits"]])
     design = np.hstack([emb, np.ones((len(emb), 1))])
     weights = np.linalg.lstsq(design, logits, rcond=None)[0]
-    e, groups = dev[f"{corpus}_emb"], dev[f"{corpus}_speakers"]
-    if by == "folder":
-        groups = np.zeros(len(e))
-    shifted = e.copy()
-    for g in np.unique(groups):
-        rows = groups == g
-        n = int(rows.sum())
-        shifted[rows] = e[rows] + n / (n + SHRINK) * (dev["train_emb_mean"] - e[rows].mean(0))
+    e = dev[f"{corpus}_emb"]
+    groups = [str(g) for g in dev[f"{corpus}_speakers"]] if by == "speaker" else ["folder"] * len(e)
+    stats = group_stats(e, groups)
+    shifts = {g: s.shift(dev["train_emb_mean"]) for g, s in stats.items()}
+    shifted = np.stack([row if shifts[g] is None else row + shifts[g] for row, g in zip(e, groups)])
     return np.hstack([shifted, np.ones((len(e), 1))]) @ weights
 
 
 def paired(labels: np.ndarray, logits_a: np.ndarray, logits_b: np.ndarray, shared: bool = False) -> dict:
     """b vs a on the same clips: exact McNemar on accuracy and a paired-bootstrap 95% interval of the UAR gain."""
     if shared:
-        keep = SHARED[labels]
+        allowed = np.array([name in SHARED_LABELS for name in LABELS])
+        keep = allowed[labels]
         labels, logits_a, logits_b = labels[keep], logits_a[keep], logits_b[keep]
-        logits_a, logits_b = (np.where(SHARED, x, -np.inf) for x in (logits_a, logits_b))
+        logits_a, logits_b = (np.where(allowed, x, -np.inf) for x in (logits_a, logits_b))
     pa, pb = logits_a.argmax(1), logits_b.argmax(1)
     right_a, right_b = pa == labels, pb == labels
     test = mcnemar_exact(int((right_a & ~right_b).sum()), int((~right_a & right_b).sum()))
