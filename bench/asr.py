@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import os
 import re
@@ -32,6 +31,7 @@ from backend.media import load_sample  # noqa: E402
 from backend.predictor import Predictor, load_predictor  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
 from backend.types import SAMPLE_RATE  # noqa: E402
+from bench.report import emit  # noqa: E402
 from train.corpora import ravdess, shared_data_dir  # noqa: E402
 
 log = logging.getLogger("bench.asr")
@@ -156,12 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         report["wer_new_vs_old"], differing = compare_transcripts(predictor, clips)
         report["differing_examples"] = differing[:10]
     report["load_avg_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ Prints JSON: per mode the runs, median, min and max, and the app's own log lines
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -26,9 +25,10 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT))
 
-from serve import free_port  # noqa: E402
+from bench.report import emit  # noqa: E402
+from bench.serve import free_port  # noqa: E402
 
 TIMED_LOG_WORDS = ("loaded in", "embedded", "lexicon", "convert", "Running on")
 
@@ -126,12 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
                     runs.append(one_start(Path(empty), args.timeout))
             report["empty"] = summary(runs)
     report["load_avg_after"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ the store is read back and compared with what the clients were told:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sqlite3
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import emit  # noqa: E402
 from bench.serve import call, figures, free_port, seed, start_app, wait_up  # noqa: E402
 from train.corpora import ravdess, shared_data_dir  # noqa: E402
 
@@ -174,12 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
             proc.terminate()
             proc.wait(timeout=30)
     report["load_avg"] = os.getloadavg()
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

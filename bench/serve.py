@@ -20,7 +20,6 @@ requests sent one after another while a long clip is analysed, against the same 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import subprocess
@@ -36,6 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.report import emit  # noqa: E402
 from train.corpora import ravdess, shared_data_dir  # noqa: E402
 
 
@@ -369,12 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg": os.getloadavg(),
         **results,
     }
-    text = json.dumps(report, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    print(text)
-    return report
+    return emit(report, args.out)
 
 
 if __name__ == "__main__":

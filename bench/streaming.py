@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import logging
 import os
 import shutil
@@ -41,6 +40,8 @@ import torch
 import torchaudio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.report import emit
 
 log = logging.getLogger("bench.streaming")
 
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pack:
         return pack(args.pack)
     if args.accuracy:
-        return print_report(accuracy(args.windows, args.hops[0], args.model), args.out)
+        return emit(accuracy(args.windows, args.hops[0], args.model), args.out)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     handler = Handler(not args.no_app, args.model, args.speech_backbone)
@@ -301,15 +302,7 @@ def main(argv: list[str] | None = None) -> dict:
         "results": results,
         "client_round_trip": client,
     }
-    return print_report(report, args.out)
-
-
-def print_report(report: dict, out: Path | None) -> dict:
-    text = json.dumps(report, indent=2)
-    print(text)
-    if out:
-        out.write_text(text + "\n")
-    return report
+    return emit(report, args.out)
 
 
 def accuracy(windows: list[float], hop: float, model: str | None) -> dict:
