@@ -10,6 +10,16 @@ New annotators are on probation: a name costs nothing to make, so an annotator's
 the gold items they have answered, from 0 before the first to full after PROBATION_GOLD. Fresh names
 therefore cannot outvote proven annotators however many there are (the majority, which ignores weights,
 still counts them). 'gold' and 'import' annotators (curated labels) are exempt.
+
+Dawid-Skene (dawid_skene.py) adds a second estimate from every vote, not only gold ones: each annotator's expected
+accuracy against the EM consensus (started from the gold-weighted vote shares, gold clips clamped). The weight a
+vote gets is the *smaller* of the two, min(gold-based weight, Dawid-Skene weight), because each catches what the
+other misses and neither should be able to vouch for someone the other discredits:
+- gold is thin (a few items per annotator, probation), but Dawid-Skene sees an always-one-label, a label-flipping
+  or a random annotator on all their votes, so they lose weight before their gold count proves it;
+- a coordinated group that agrees on wrong labels can *be* the consensus on the clips where it is the majority,
+  so Dawid-Skene alone may trust it; its gold answers are wrong, and the gold weight (then the min) drops to 0.
+Taking the min never raises a weight above the gold-based one, so probation and the gold behaviour still hold.
 """
 
 from __future__ import annotations
@@ -17,8 +27,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from backend.labels import LABELS
 
+from . import dawid_skene
 from .store import Store
 
 UNSURE_WEIGHT = 0.5
@@ -69,6 +82,53 @@ def annotator_weights(store: Store, reliabilities: dict[str, float]) -> dict[str
         aid: vote_weight(rel) * (1.0 if kinds.get(aid) in TRUSTED_KINDS else probation(stats.get(aid, (0, 0.0))[0]))
         for aid, rel in reliabilities.items()
     }
+
+
+def consensus_weights(
+    store: Store, votes: dict[str, list[tuple[str, list[str], bool]]], gold_weights: dict[str, float]
+) -> dict[str, float]:
+    """Each annotator's Dawid-Skene weight (accuracy above chance against the EM consensus); trusted kinds keep 1."""
+    gold = {
+        r["id"]: r["gold_label"]
+        for r in store.db.query("SELECT id, gold_label FROM clips WHERE gold_label IS NOT NULL")
+    }
+    flat = [(clip, a, labels, unsure) for clip, clip_votes in votes.items() for a, labels, unsure in clip_votes]
+    init = {clip: weighted_shares(clip_votes, gold_weights) for clip, clip_votes in votes.items()}
+    fitted = dawid_skene.fit(flat, gold, init)
+    kinds = {r["id"]: r["kind"] for r in store.db.query("SELECT id, kind FROM annotators")}
+    return {a: 1.0 if kinds.get(a) in TRUSTED_KINDS else vote_weight(acc) for a, acc in fitted.accuracy().items()}
+
+
+def combined_weights(gold_weights: dict[str, float], ds_weights: dict[str, float]) -> dict[str, float]:
+    """min(gold-based, Dawid-Skene) per annotator (see the module docstring for why the min)."""
+    return {a: min(w, ds_weights.get(a, w)) for a, w in gold_weights.items()}
+
+
+def weighted_shares(votes: list[tuple[str, list[str], bool]], weights: dict[str, float]) -> np.ndarray:
+    """A clip's vote shares over LABELS under `weights` (plain shares when every weight is 0)."""
+    out = np.zeros(len(LABELS))
+    plain = np.zeros(len(LABELS))
+    for annotator_id, labels, unsure in votes:
+        scale = UNSURE_WEIGHT if unsure else 1.0
+        for label in labels:
+            plain[LABELS.index(label)] += scale / len(labels)
+            out[LABELS.index(label)] += scale * weights.get(annotator_id, 0.0) / len(labels)
+    return out if out.sum() > 0 else plain
+
+
+def load_votes(store: Store) -> dict[str, list[tuple[str, list[str], bool]]]:
+    """clip id -> its votes as (annotator_id, labels, unsure), in vote order."""
+    votes: dict[str, list[tuple[str, list[str], bool]]] = {}
+    for r in store.db.query("SELECT clip_id, annotator_id, labels, unsure FROM votes ORDER BY id"):
+        votes.setdefault(r["clip_id"], []).append((r["annotator_id"], json.loads(r["labels"]), bool(r["unsure"])))
+    return votes
+
+
+def vote_weights(store: Store, votes: dict[str, list[tuple[str, list[str], bool]]] | None = None) -> dict[str, float]:
+    """The weight each annotator's votes get in the weighted label: min(gold-based, Dawid-Skene)."""
+    votes = load_votes(store) if votes is None else votes
+    gold_weights = annotator_weights(store, update_reliability(store))
+    return combined_weights(gold_weights, consensus_weights(store, votes, gold_weights))
 
 
 def update_reliability(store: Store) -> dict[str, float]:
@@ -135,10 +195,9 @@ FROM clips c ORDER BY c.created, c.id
 def aggregate_labels(store: Store, min_votes: int = 1) -> list[ClipLabel]:
     """Every clip with at least `min_votes` votes, and every gold clip, aggregated (reliability refreshed)."""
     reliabilities = update_reliability(store)
-    weights = annotator_weights(store, reliabilities)
-    votes: dict[str, list[tuple[str, list[str], bool]]] = {}
-    for r in store.db.query("SELECT clip_id, annotator_id, labels, unsure FROM votes ORDER BY id"):
-        votes.setdefault(r["clip_id"], []).append((r["annotator_id"], json.loads(r["labels"]), bool(r["unsure"])))
+    votes = load_votes(store)
+    gold_weights = annotator_weights(store, reliabilities)
+    weights = combined_weights(gold_weights, consensus_weights(store, votes, gold_weights))
     out = []
     for clip in store.db.query(_CLIPS):
         clip_votes = votes.get(clip["id"], [])
