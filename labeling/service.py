@@ -33,7 +33,8 @@ from backend.media import clean_video, encode_wav, sha256_bytes
 from backend.settings import Settings
 from backend.types import Prediction, Sample
 
-from .aggregate import annotator_weights, update_reliability
+from . import runlock
+from .aggregate import vote_weights
 from .agreement import agreement_report
 from .errors import NotFoundError, StoreError
 from .io import AUDIO_EXTS, IMAGE_EXTS, VIDEO_EXTS
@@ -45,7 +46,7 @@ UNSURE = "unsure"  # the extra answer next to the emotions in a correction
 MAX_NAME_CHARS = 60  # an annotator's display name
 HASH_BLOCK = 1 << 20  # bytes per read when hashing an uploaded video
 RETRAIN_MODULE = "train.retrain"
-RETRAIN_DIR = "retrain"  # under Settings.data_dir: logs and the pid file of the running job
+RETRAIN_DIR = "retrain"  # under Settings.data_dir: the logs of runs started from the app
 
 
 # ------------------------------------------------------------------------------------ contributions
@@ -362,7 +363,7 @@ def voted_clip(store: Store, annotator_id: str, held: str | None, named: str | N
 
 def annotator_overview(store: Store) -> list[dict[str, Any]]:
     """Admin: who is who. Per annotator: kind, how they sign in, votes, gold accuracy, weight, agreement."""
-    weights = annotator_weights(store, update_reliability(store))
+    weights = vote_weights(store)
     keyed = {r["annotator_id"] for r in store.db.query("SELECT annotator_id FROM annotator_keys")}
     created = {r["id"]: r["created"] for r in store.db.query("SELECT id, created FROM annotators")}
     rows = []
@@ -469,45 +470,69 @@ def retrain_available() -> bool:
 
 
 def retrain_command(settings: Settings) -> list[str]:
-    """`python -m train.retrain` over this server's store; it starts from the model the app serves."""
-    return [sys.executable, "-m", RETRAIN_MODULE, "--db", str(settings.database), "--data-dir", str(settings.data_dir)]
+    """`python -m train.retrain` over this server's store; it starts from the model the app serves. --no-lock: the
+    run inherits the store's lock from start_retraining instead of taking it itself."""
+    return [
+        sys.executable,
+        "-m",
+        RETRAIN_MODULE,
+        "--db",
+        str(settings.database),
+        "--data-dir",
+        str(settings.data_dir),
+        "--no-lock",
+    ]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
+MSG_RETRAIN_RUNNING = (
+    "A retraining run on this store is already in progress (started here, by the scheduler or from the command "
+    "line); wait for it to finish."
+)
 
 
-def start_retraining(settings: Settings) -> RetrainJob:
-    """Start retraining as a background process writing to data_dir/retrain/<time>.log; one at a time."""
-    if not retrain_available():
+def start_retraining(settings: Settings, command: list[str] | None = None) -> RetrainJob:
+    """Start retraining as a background process writing to data_dir/retrain/<time>.log; one run per store.
+
+    The store's lock (labeling.runlock, beside the database) is taken here and its descriptor handed to the
+    process, which holds it until it exits: a scheduler tick or a CLI run refuses meanwhile, and this refuses
+    while one of them holds it, wherever the database lives. `command`: for tests, another process to start."""
+    if command is None and not retrain_available():
         raise StoreError("Retraining is not available on this server yet (the train.retrain module is missing).")
-    folder = Path(settings.data_dir) / RETRAIN_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    pid_file = folder / "running.pid"
-    if pid_file.exists():
-        with contextlib.suppress(ValueError):
-            if _alive(int(pid_file.read_text().strip())):
-                raise StoreError("A retraining run is already in progress; wait for it to finish.")
-    log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
-    command = retrain_command(settings)
-    with open(log_path, "ab") as out:
-        process = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-        )
-    pid_file.write_text(str(process.pid))
+    fd = runlock.hold(settings.database)
+    if fd is None:
+        raise StoreError(MSG_RETRAIN_RUNNING)
+    try:
+        folder = Path(settings.data_dir) / RETRAIN_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        log_path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}.log"
+        command = command or retrain_command(settings)
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                pass_fds=(fd,),
+            )
+    finally:
+        os.close(fd)  # the child's copy of the descriptor keeps the lock until the run ends
     log.info("retraining started (pid %d)", process.pid)
     return RetrainJob(pid=process.pid, log_path=log_path, command=command)
 
 
+def retrain_running(settings: Settings) -> bool:
+    """Whether a retraining run (of any starter) holds this store's lock now."""
+    return runlock.is_held(settings.database)
+
+
 def retrain_status(settings: Settings, lines: int = 15) -> str:
-    """The latest retraining log's last lines ('' when there has been none)."""
-    folder = Path(settings.data_dir) / RETRAIN_DIR
-    logs = sorted(folder.glob("*.log")) if folder.is_dir() else []
+    """The latest retraining log's last lines ('' when there has been none): the app's runs log under the data
+    dir, the scheduler's beside the database (the same folder when the database is in the data dir)."""
+    folders = {Path(settings.data_dir) / RETRAIN_DIR, runlock.retrain_dir(settings.database)}
+    logs = [p for folder in folders if folder.is_dir() for p in folder.glob("*.log")]
     if not logs:
         return ""
-    tail = logs[-1].read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+    latest = max(logs, key=lambda p: (p.stat().st_mtime, p.name))
+    tail = latest.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
     return "\n".join(tail)

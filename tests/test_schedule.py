@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -87,6 +88,32 @@ def test_a_held_lock_skips_the_tick(db: Path, fake: Path, tmp_path: Path) -> Non
         worker.start()
         worker.join(timeout=30)
     assert result == {"ran": False, "reason": "another retraining run holds the lock"}
+
+
+def test_a_tick_and_a_cli_run_refuse_while_the_app_started_run_holds_the_lock(tmp_path: Path, fake: Path) -> None:
+    from backend.settings import load_settings
+    from labeling import service
+    from train.retrain import RetrainConfig, RetrainError, retrain_lock_held
+
+    db = tmp_path / "elsewhere" / "studio.db"  # outside the app's data dir
+    with Store.open(db) as store:
+        store.vote(add_text(store, "a clip"), "ann", "happy")
+    settings = load_settings(data_dir=tmp_path / "data", db_path=db)
+    job = service.start_retraining(settings, command=[sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        tick = run_once(args_for(db, "--min-new", "1", "--command", f"{sys.executable} {fake}"))
+        assert tick == {"ran": False, "reason": "another retraining run holds the lock"}
+        with (
+            pytest.raises(RetrainError, match="Another retraining run"),
+            retrain_lock_held(RetrainConfig(db=str(db)), True),
+        ):
+            pass
+    finally:
+        os.kill(job.pid, signal.SIGTERM)
+        os.waitpid(job.pid, 0)
+    assert not (tmp_path / "calls.jsonl").exists()
+    after = run_once(args_for(db, "--min-new", "1", "--command", f"{sys.executable} {fake}"))
+    assert after["ran"] and after["returncode"] == 0  # the app's run ended: the lock is free again
 
 
 def test_two_schedulers_at_once_retrain_once(db: Path, fake: Path, tmp_path: Path) -> None:

@@ -6,6 +6,8 @@ A real SQLite file in tmp_path; samples and predictions are built by hand (no mo
 from __future__ import annotations
 
 import io
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -208,7 +210,7 @@ def test_retraining_runs_the_module_as_a_subprocess(tmp_path, monkeypatch):
     monkeypatch.setattr(subprocess, "Popen", lambda command, **kw: calls.append(command) or FakeProcess())
     job = service.start_retraining(settings)
     assert calls[0][:3] == [sys.executable, "-m", "train.retrain"]
-    assert calls[0][3:] == ["--db", str(settings.database), "--data-dir", str(tmp_path)]
+    assert calls[0][3:] == ["--db", str(settings.database), "--data-dir", str(tmp_path), "--no-lock"]
     assert job.pid == 4242 and job.log_path.parent == tmp_path / "retrain"
     monkeypatch.setattr(service, "retrain_available", lambda: False)
     with pytest.raises(StoreError, match="not available"):
@@ -229,3 +231,28 @@ def test_the_retrain_command_is_one_the_trainer_accepts(tmp_path):
     args = build_parser().parse_args(service.retrain_command(settings)[3:])
     assert args.db == str(settings.database) and args.data_dir == str(tmp_path)
     assert args.base_model is None  # the trainer starts from the model the app serves (registry)
+    assert args.lock is False  # it inherits the store's lock from start_retraining
+
+
+def test_the_app_refuses_to_retrain_while_a_scheduler_holds_the_lock_beside_a_database_elsewhere(tmp_path):
+    from train.schedule import retrain_lock
+
+    db = tmp_path / "elsewhere" / "studio.db"  # not under the data dir: the lock must still be the same one
+    settings = load_settings(data_dir=tmp_path / "data", db_path=db)
+    Store.open(db).close()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    with retrain_lock(db):  # exactly what a train.schedule tick (or train.retrain) holds
+        assert service.retrain_running(settings)
+        with pytest.raises(StoreError, match=r"already in progress .*scheduler"):
+            service.start_retraining(settings, command=sleeper)
+    assert not list((tmp_path / "data").rglob("*.log"))  # refused before starting anything
+    assert not service.retrain_running(settings)
+    job = service.start_retraining(settings, command=sleeper)  # free again: it starts, and its process holds it
+    try:
+        assert service.retrain_running(settings)
+        with pytest.raises(StoreError, match="already in progress"):
+            service.start_retraining(settings, command=sleeper)  # a second press of the button
+    finally:
+        os.kill(job.pid, signal.SIGTERM)
+        os.waitpid(job.pid, 0)
+    assert not service.retrain_running(settings)  # the lock went with the process

@@ -8,9 +8,9 @@ cron, hourly:  0 * * * *  cd /srv/studio && python -m train.schedule --db data/s
 
 A tick counts the clips whose aggregated label changed (a vote arrived) since the last recorded training run;
 at --min-new or more it runs the retraining command (default `python -m train.retrain`) with --db, --out and
---no-lock while holding the store's retraining lock (a file beside the database), so a tick, another scheduler,
-or a run started from the app never overlap. The run's output goes to <data_dir>/retrain/<time>.log, where the
-app's Model tab shows it. Arguments after `--` are passed on to the retraining command.
+--no-lock while holding the store's retraining lock (labeling.runlock: a file beside the database), so a tick,
+another scheduler, a CLI run or a run started from the app never overlap. The run's output goes to
+<db folder>/retrain/<time>.log, where the app's Model tab shows it. Arguments after `--` are passed on to the retraining command.
 """
 
 from __future__ import annotations
@@ -28,25 +28,25 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from labeling import runlock
 from labeling.store import Store
 
 log = logging.getLogger(__name__)
 
-RETRAIN_DIR = "retrain"  # beside the database: logs, runs and the lock (the app's Model tab reads the logs here)
-LOCK_FILE = "retrain.lock"
+RETRAIN_DIR = runlock.RETRAIN_DIR  # beside the database: logs, runs and the lock (the app's Model tab reads these logs)
+LOCK_FILE = runlock.LOCK_FILE
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def retrain_dir(db: str | Path) -> Path:
-    return Path(db).resolve().parent / RETRAIN_DIR
+    return runlock.retrain_dir(db)
 
 
 def retrain_lock(db: str | Path) -> FileLock:
-    """The one lock every retraining run on this store holds (train.retrain takes it unless told --no-lock)."""
-    folder = retrain_dir(db)
-    folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder / LOCK_FILE))
+    """The one lock every retraining run on this store holds (labeling.runlock's file: train.retrain unless told
+    --no-lock, a tick, and a run the app started all take it)."""
+    return FileLock(str(runlock.lock_path(db)))
 
 
 def parse_every(text: str) -> float:
