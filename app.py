@@ -31,6 +31,8 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import PIL.Image
+from gradio import processing_utils
+from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
 
 from backend import live_view, present
@@ -87,10 +89,27 @@ def get_settings() -> Settings:
     return load_settings()
 
 
+def browser_ready(media: Path, folder: Path) -> Path:
+    """The clip's media as browsers play it: the file itself, or Gradio's own conversion written under folder.
+
+    Done once per clip (labeling.served), where gr.Audio / gr.Video would probe every response with an
+    ffprobe subprocess (~65 ms of CPU, the largest part of a vote's server work)."""
+    kind = service.media_kind(media.suffix.lower())
+    if kind not in ("audio", "video") or not processing_utils.ffmpeg_installed():
+        return media
+    if kind == "audio" and not processing_utils.audio_is_playable(str(media)):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return Path(processing_utils.convert_audio_to_playable(str(media), cache_dir=str(folder)))
+    if kind == "video" and not processing_utils.video_is_playable(str(media)):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return Path(processing_utils.convert_video_to_playable_mp4(str(media), cache_dir=str(folder)))
+    return media
+
+
 @functools.cache
 def get_served() -> ServedCopies:
     """This process's private folder of clip copies shown to annotators; Gradio's cache mirrors them."""
-    served = ServedCopies(SERVE_TTL_S, CACHE_TTL_S, mirrors=lambda: [Path(get_upload_folder())])
+    served = ServedCopies(SERVE_TTL_S, CACHE_TTL_S, mirrors=lambda: [Path(get_upload_folder())], prepare=browser_ready)
     atexit.register(served.close)
     return served
 
@@ -597,6 +616,30 @@ class UploadedImage(gr.Image):
             raise gr.Error(MSG_IMAGE_BOMB.format(limit=get_settings().max_image_pixels)) from None
 
 
+class ClipAudio(gr.Audio):
+    """gr.Audio for the Label tab: a served copy (labeling.served) is already browser-playable, so it goes out
+    as is, without the ffprobe subprocess gr.Audio runs on every file path it returns."""
+
+    is_template = True  # the browser side is gr.Audio's
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, (str, Path)) and get_served().owns(value):
+            return FileData(path=str(value), orig_name=Path(value).name)
+        return super().postprocess(value)
+
+
+class ClipVideo(gr.Video):
+    """gr.Video for the Label tab: a served copy is already playable (converted once per clip if it had to be),
+    so it skips gr.Video's per-response ffprobe (and conversion)."""
+
+    is_template = True  # the browser side is gr.Video's
+
+    def postprocess(self, value: Any) -> Any:
+        if isinstance(value, (str, Path)) and get_served().owns(value):
+            return FileData(path=str(value), orig_name=Path(value).name)
+        return super().postprocess(value)
+
+
 def keyboard_js() -> str:
     """Keys 1-7 press the emotion buttons and s presses Skip, unless typing in a field."""
     keys = {str(i + 1): f"vote-{name}" for i, name in enumerate(LABELS)} | {"s": "skip-btn"}
@@ -745,9 +788,9 @@ def build_label_tab(settings: Settings) -> None:
         )
         start = gr.Button("Start / next clip", variant="primary", scale=1, elem_id="start-btn")
     progress = gr.Markdown(elem_id="progress")
-    clip_audio = gr.Audio(type="filepath", interactive=False, visible=False, label="Clip")
+    clip_audio = ClipAudio(type="filepath", interactive=False, visible=False, label="Clip")
     clip_image = gr.Image(type="filepath", interactive=False, visible=False, label="Clip")
-    clip_video = gr.Video(interactive=False, visible=False, label="Clip")
+    clip_video = ClipVideo(interactive=False, visible=False, label="Clip")
     clip_text = gr.Markdown(visible=False, elem_id="clip-text")
     context = gr.Markdown(elem_id="context")
     clip_id = gr.Textbox(visible=False)

@@ -6,6 +6,10 @@ clip's deletion. The folder comes from mkdtemp (mode 0700, a fresh name, ours), 
 that another local user could create first. When a clip's media goes (deletion, consent withdrawn), its
 copies go too, here and wherever the web framework copied them (caches passed as `mirrors`, searched
 for the copy's unique name one folder down); the rest expire after `ttl_s`.
+
+`prepare` settles once per clip which file is copied: the media itself, or a browser-playable conversion
+kept in the private folder until the clip goes. Clips are content-addressed, so the answer never changes,
+and the web framework need not probe every response again (an ffprobe subprocess per served clip).
 """
 
 from __future__ import annotations
@@ -32,24 +36,51 @@ class ServedCopies:
         remember_s: float,
         mirrors: Callable[[], Iterable[Path]] = tuple,
         prefix: str = "emo-serve-",
+        prepare: Callable[[Path, Path], Path] | None = None,
     ):
         """ttl_s: our copy's life; remember_s: how long a copy's name is kept to purge the mirrors' copies of it
-        (at least the framework's cache lifetime)."""
+        (at least the framework's cache lifetime); prepare(media, folder): the file to serve for a clip's media,
+        the media itself or a conversion written under folder (called once per clip)."""
         self.ttl_s = ttl_s
         self.remember_s = max(remember_s, ttl_s)
         self.mirrors = mirrors
+        self.prepare = prepare
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
         self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()  # one conversion of a clip at a time, never two writing one file
         self._copies: dict[str, list[tuple[Path, float]]] = {}
+        self._sources: dict[str, Path] = {}  # clip id -> the file its copies are made from (prepare's answer)
 
     def copy(self, clip_id: str, media_path: Path) -> Path:
-        """A fresh private copy of the clip's media (the suffix kept, so players know the format)."""
+        """A fresh private copy of the clip's (prepared) media, the suffix kept so that players know the format."""
         self.expire()
-        target = self.folder / f"{uuid.uuid4().hex}{media_path.suffix}"
-        shutil.copyfile(media_path, target)
+        source = self.source(clip_id, media_path)
+        target = self.folder / f"{uuid.uuid4().hex}{source.suffix}"
+        shutil.copyfile(source, target)
         with self._lock:
             self._copies.setdefault(clip_id, []).append((target, time.time()))
         return target
+
+    def owns(self, path: str | Path) -> bool:
+        """Whether path is one of our copies (a file directly in the private folder)."""
+        return Path(path).parent == self.folder
+
+    def source(self, clip_id: str, media_path: Path) -> Path:
+        """The file a clip's copies are made from: prepare(media_path) on the clip's first serve, then remembered."""
+        with self._lock:
+            known = self._sources.get(clip_id)
+        if known is not None and known.exists():
+            return known
+        if self.prepare is None:
+            return media_path
+        with self._prepare_lock:
+            with self._lock:
+                known = self._sources.get(clip_id)
+            if known is None or not known.exists():
+                known = self.prepare(media_path, self.folder / "ready")
+                with self._lock:
+                    self._sources[clip_id] = known
+        return known
 
     def expire(self) -> int:
         """Delete our copies older than ttl_s (the framework has long cached them by then); forget names older
@@ -71,9 +102,11 @@ class ServedCopies:
 
     def purge(self, clip_ids: Iterable[str]) -> int:
         """Remove every copy of these clips, ours and the mirrors'; return how many files went."""
+        clip_ids = list(clip_ids)
         with self._lock:
             paths = [p for clip_id in clip_ids for p, _ in self._copies.pop(clip_id, [])]
-        removed = 0
+            sources = [self._sources.pop(clip_id, None) for clip_id in clip_ids]
+        removed = self._remove_conversions(s for s in sources if s is not None)
         for path in paths:
             for copy in [path, *(m for root in self.mirrors() for m in Path(root).glob(f"*/{path.name}"))]:
                 with contextlib.suppress(FileNotFoundError):
@@ -81,6 +114,16 @@ class ServedCopies:
                     removed += 1
         if removed:
             log.info("purged %d served copies of deleted media", removed)
+        return removed
+
+    def _remove_conversions(self, sources: Iterable[Path]) -> int:
+        """Delete prepared files that are ours (conversions under the folder), not the stored media itself."""
+        removed = 0
+        for source in sources:
+            if self.folder in source.parents:
+                with contextlib.suppress(FileNotFoundError):
+                    source.unlink()
+                    removed += 1
         return removed
 
     def close(self) -> None:

@@ -398,7 +398,8 @@ def annotator_id_for(name: str | None = None, hf_username: str | None = None) ->
     return f"name:{cleaned}"
 
 
-def _kind(ext: str) -> str:
+def media_kind(ext: str) -> str:
+    """audio, image, video or text (no media) for a stored file's extension."""
     if ext in AUDIO_EXTS:
         return "audio"
     if ext in IMAGE_EXTS:
@@ -416,7 +417,7 @@ def next_clip(store: Store, annotator_id: str, *, blind: bool = True) -> ClipVie
     path = store.media_path(clip["id"])
     view = ClipView(
         clip_id=clip["id"],
-        kind=_kind(clip["ext"]) if path is not None else "text",
+        kind=media_kind(clip["ext"]) if path is not None else "text",
         media_path=path,
         text=clip.get("text"),
     )

@@ -190,3 +190,28 @@ def test_a_session_is_read_as_one_voice_after_three_clips(studio, shared_data): 
     assert session["voice"]["count"] == 4
     *_, session = studio.delete_my_data(session)
     assert "voice" not in session  # deleting what the session gave forgets the voice statistics too
+
+
+@pytest.mark.skipif(not gr.processing_utils.ffmpeg_installed(), reason="needs ffmpeg")
+def test_served_audio_is_made_playable_once_and_then_sent_without_a_probe(studio, tmp_path, monkeypatch):  # noqa: F811
+    tone = (0.3 * np.sin(np.linspace(0, 440 * 2 * np.pi, 16_000))).astype(np.float32)
+    playable, odd = tmp_path / "s16.wav", tmp_path / "s32.wav"
+    sf.write(playable, tone, 16_000, subtype="PCM_16")
+    sf.write(odd, tone, 16_000, subtype="PCM_32")  # pcm_s32le: no browser plays it
+    folder = tmp_path / "ready"
+    assert studio.browser_ready(playable, folder) == playable
+    converted = studio.browser_ready(odd, folder)
+    assert folder in converted.parents and gr.processing_utils.audio_is_playable(str(converted))
+
+    served = studio.get_served()
+    served.copy("c" * 64, playable)  # the clip's first serve settles its playability
+
+    def probed(path: str) -> bool:
+        raise AssertionError(f"probed {path} again")
+
+    monkeypatch.setattr(gr.processing_utils, "audio_is_playable", probed)
+    copy = served.copy("c" * 64, playable)
+    data = studio.ClipAudio(type="filepath").postprocess(str(copy))
+    assert data.path == str(copy)
+    with pytest.raises(AssertionError, match="probed"):  # anything else still gets Gradio's check
+        studio.ClipAudio(type="filepath").postprocess(str(playable))

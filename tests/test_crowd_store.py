@@ -184,6 +184,32 @@ def test_served_copies_are_private_copies_purged_when_the_clip_goes(store, tmp_p
     assert not served.folder.exists()
 
 
+def test_a_clip_is_prepared_once_and_its_conversion_goes_with_it(store):
+    prepared: list[Path] = []
+
+    def convert(media: Path, folder: Path) -> Path:  # stands for a browser-playable conversion
+        folder.mkdir(exist_ok=True)
+        out = folder / f"{media.stem}.converted{media.suffix}"
+        out.write_bytes(b"converted:" + media.read_bytes())
+        prepared.append(media)
+        return out
+
+    served = ServedCopies(ttl_s=300, remember_s=3600, prepare=convert)
+    store.on_media_gone.append(served.purge)
+    try:
+        clip = add(store, "p")
+        media = store.media_path(clip)
+        first, second = served.copy(clip, media), served.copy(clip, media)
+        assert prepared == [media]  # once per clip, not per response
+        assert first != second and first.read_bytes() == second.read_bytes() == b"converted:" + media.read_bytes()
+        assert served.owns(first) and not served.owns(media) and not served.owns(served.source(clip, media))
+        conversion = served.source(clip, media)
+        store.delete_clip(clip)
+        assert not conversion.exists() and not first.exists() and not second.exists()
+    finally:
+        served.close()
+
+
 FFMPEG_TAGS = [
     "-metadata",
     "location=+48.8584+002.2945/",
