@@ -6,7 +6,7 @@
 #                                           speech variants in parallel (parts w, r, s1-s3, k of
 #                                           python -m train.pack_for_device --speech); results in $OUT/speech.tgz
 set -euo pipefail
-STASH=/root/stash
+STASH=${STASH:-/root/stash}
 case "$1" in
   stash)
     mkdir -p "$STASH" && cp -r ".stash/$2/." "$STASH/" && du -sh "$STASH"/* ;;
@@ -67,4 +67,55 @@ case "$1" in
     export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --speech-backbone "$STASH/whisper-base" \
       --model "${MODEL:-models/default}" ;;
+  adapt)  # bench/adapt_ased.py, recipes x seeds in parallel (parts w, r, s1-s3 of --speech; m1, m2 of --adapt)
+    # RECIPES="name:bench args;..." SEEDS="0 1 2" LIMIT=seconds; runs live in $ROOT/adapt (--resume continues them)
+    ROOT=${ADAPT_ROOT:-/root}; mkdir -p "$ROOT/adapt" /tmp/site
+    python3 -c "import soundfile" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/*.whl
+    need=""
+    for pair in sqlite_utils:sqlite_utils sqlite_fts4:sqlite_fts4 click_default_group:click_default_group \
+        tabulate:tabulate pluggy:pluggy dateutil:python_dateutil six:six click:click accelerate:accelerate \
+        krippendorff:krippendorff filelock:filelock tqdm:tqdm psutil:psutil nrclex:nrclex; do
+      python3 -c "import ${pair%%:*}" 2>/dev/null || need="$need $(ls "$STASH"/wheels/"${pair#*:}"-*.whl)"
+    done
+    # shellcheck disable=SC2086
+    [ -z "$need" ] || { echo "installing:$need"; python3 -m pip install -q --no-index --no-deps --target /tmp/site $need; }
+    export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
+    export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE="$ROOT/cache" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    python3 - "$STASH" "$ROOT/v1" <<'PY'
+import json, shutil, sys
+from pathlib import Path
+stash, v1 = Path(sys.argv[1]), Path(sys.argv[2])
+if not v1.exists():
+    shutil.copytree(stash / "base-model", v1)
+    config = json.loads((v1 / "config.json").read_text())
+    config.update(speech_backbone=str(stash / "whisper-base"), text_backbone=str(stash / "minilm"))
+    (v1 / "config.json").write_text(json.dumps(config, indent=2))
+from backend.model import EmotionModel  # warm the lexicon cache once, before the runs share it
+from backend.settings import load_settings
+EmotionModel.from_pretrained(v1, cache=load_settings().cache, device="cuda" if __import__("torch").cuda.is_available() else "cpu")
+PY
+    nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+    IFS=';' read -ra recipes <<< "${RECIPES:-default:}"
+    for spec in "${recipes[@]}"; do
+      name="${spec%%:*}"; args="${spec#*:}"
+      for seed in ${SEEDS:-0 1 2}; do
+        # eval: a recipe's args may quote, e.g. B:--retrain-args='--replay-distill=0.5 --replay-per-batch=48'
+        eval "timeout ${LIMIT:-500} python3 bench/adapt_ased.py --base-model $ROOT/v1 --data $STASH/data \
+          --out $ROOT/adapt/$name --json $ROOT/adapt/$name-s$seed.json --seeds $seed --resume $args \
+          > $ROOT/adapt/$name-s$seed.log 2>&1 &"
+      done
+    done
+    ( while sleep 30; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) \
+      > "$ROOT/adapt/gpu.log" 2>/dev/null &
+    monitor=$!
+    for j in $(jobs -p); do [ "$j" = "$monitor" ] || wait "$j" || true; done
+    kill "$monitor" || true
+    mkdir -p "$OUT/adapt"
+    cp "$ROOT"/adapt/*.json "$OUT/adapt/" 2>/dev/null || true
+    for f in "$ROOT"/adapt/*.log; do { grep -v 'it/s\|Loading' "$f" || true; } | tail -n 30 > "$OUT/adapt/$(basename "$f")"; done
+    for f in "$ROOT"/adapt/*/seed*/n*/retrain.log; do  # the last lines of every retraining run, named by its path
+      if [ -f "$f" ]; then tail -n 40 "$f" > "$OUT/adapt/retrain_$(echo "${f#"$ROOT"/adapt/}" | tr '/' '_')"; fi
+    done
+    cd "$OUT" && tar czf adapt.tgz adapt && rm -rf adapt && ls -la
+    grep -h "corrections:" "$ROOT"/adapt/*.log | tail -n 40 || true ;;
 esac

@@ -68,6 +68,25 @@ def pack_speech(out: Path, data: Path, cache: Path, codecs: Path, wheels: Path) 
     return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
 
 
+def pack_adapt(out: Path, data: Path, base_model: Path, wheels: Path) -> dict[str, int]:
+    """Parts for bench/adapt_ased.py beside the speech parts (w, r, s1-s3): m1 = MiniLM (fp16), m2 = the base
+    model, the text and face dev sets and the pure-Python wheels the GPU machine lacks (sqlite-utils, ...)."""
+    from backend.text import minilm_wheel_path
+
+    parts = {name: out / name for name in ("m1", "m2")}
+    for d in parts.values():
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    pack_folder_fp16(minilm_wheel_path(), parts["m1"] / "minilm")
+    shutil.copytree(base_model, parts["m2"] / "base-model")
+    shutil.copytree(data / "text" / "goemotions-ekman", parts["m2"] / "data" / "text" / "goemotions-ekman")
+    (parts["m2"] / "data" / "faces").mkdir(parents=True)
+    shutil.copy2(data / "faces" / "fer2013_val.npz", parts["m2"] / "data" / "faces")
+    shutil.copytree(wheels, parts["m2"] / "wheels")
+    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+
+
 def pack(out: Path, data: Path, cache: Path) -> dict[str, int]:
     from backend.text import minilm_wheel_path
     from backend.whisper_convert import ensure_converted
@@ -108,9 +127,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--speech", action="store_true", help="the speech-training parts (w, r, s1-s3, k) instead")
     p.add_argument("--codecs", default="runs/codecs", help="with --speech: codec copies (train.codec_views)")
     p.add_argument("--wheels", default=".whl", help="with --speech: wheels to carry (e.g. soundfile)")
+    p.add_argument("--adapt", default=None, help="BASE_MODEL: the parts of bench/adapt_ased.py (m1, m2) instead")
+    p.add_argument("--adapt-wheels", default=".whl/adapt", help="with --adapt: pure-Python wheels to carry")
     args = p.parse_args(argv)
     cache = Path(args.cache or load_settings().cache)
-    if args.speech:
+    if args.adapt:
+        sizes = pack_adapt(Path(args.out), Path(args.data), Path(args.adapt), Path(args.adapt_wheels))
+    elif args.speech:
         sizes = pack_speech(Path(args.out), Path(args.data), cache, Path(args.codecs), Path(args.wheels))
     else:
         sizes = pack(Path(args.out), Path(args.data), cache)

@@ -106,6 +106,7 @@ class RetrainConfig:
     batch_size: int = 16
     replay_per_batch: int = 16
     replay_limit: int = 0
+    replay_distill: float = 0.5
     grad_accum: int = 1
     lr: float = 3e-4
     lora_lr: float = 1e-4
@@ -161,6 +162,7 @@ HELP = {
     "data_dir": "where promoted versions go (<data_dir>/models/vN); default EMO_DATA_DIR or the db's folder",
     "replay_per_batch": "base-corpus examples per trained branch in every batch",
     "replay_limit": "use a fixed subset of N replay examples per branch (0 = all)",
+    "replay_distill": "share of the champion's own probabilities in a replayed example's target (0 = labels only)",
     "correction_weight": "scale of a correction's loss relative to a replayed example",
     "fusion_weight": "weight of the fused-prediction loss that trains the gate on multimodal corrections",
     "gate_lr": "learning rate of the fusion gate's biases and confidence slopes (no weight decay)",
@@ -480,6 +482,7 @@ def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLo
             train_dl, eval_dl, data = get_dataloaders(config, store, accelerator)
         finally:
             store.close()
+    data.pool.attach_teacher(model, config.replay_distill)
     groups = trainable_groups(model, data.branches, config, data.fuse)
     fused = accelerator.device.type == "cuda"  # one kernel for all parameters, not a few per tensor
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
