@@ -24,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ import gradio as gr
 import numpy as np
 import pandas as pd
 import PIL.Image
+import soundfile as sf
 from gradio import processing_utils
 from gradio.data_classes import FileData
 from gradio.utils import get_upload_folder
@@ -67,6 +69,8 @@ MSG_NOTHING_READABLE = (
 SESSION_TTL_S = 3600  # a session's pending analysis (audio bytes) is dropped an hour after its last use
 CACHE_TTL_S = 3600  # served copies of clips (and uploads) leave Gradio's cache after an hour
 SERVE_TTL_S = 300  # a served copy of a clip is deleted after this (Gradio copies it into its cache at once)
+PLAYABLE_WAV = {"PCM_16", "PCM_24", "PCM_U8", "FLOAT"}  # wav codecs browsers play (Gradio's list, soundfile names)
+PREDICT_NICE = 10  # CPU priority of predictions under votes and page events (Linux nice: per thread)
 KEYS_STORAGE = "emo-studio-annotator-keys"  # localStorage entry: {annotator id: key} of this browser
 
 
@@ -97,13 +101,25 @@ def browser_ready(media: Path, folder: Path) -> Path:
     kind = service.media_kind(media.suffix.lower())
     if kind not in ("audio", "video") or not processing_utils.ffmpeg_installed():
         return media
-    if kind == "audio" and not processing_utils.audio_is_playable(str(media)):
+    if kind == "audio" and not audio_playable(media):
         folder.mkdir(mode=0o700, exist_ok=True)
         return Path(processing_utils.convert_audio_to_playable(str(media), cache_dir=str(folder)))
     if kind == "video" and not processing_utils.video_is_playable(str(media)):
         folder.mkdir(mode=0o700, exist_ok=True)
         return Path(processing_utils.convert_video_to_playable_mp4(str(media), cache_dir=str(folder)))
     return media
+
+
+def audio_playable(media: Path) -> bool:
+    """Whether browsers play this audio: wav and flac from their header, in-process; the rest by Gradio's ffprobe."""
+    if media.suffix.lower() in (".wav", ".flac"):
+        try:
+            info = sf.info(str(media))
+        except (sf.LibsndfileError, RuntimeError):
+            info = None
+        if info is not None and (info.format, media.suffix.lower()) in (("WAV", ".wav"), ("FLAC", ".flac")):
+            return info.format == "FLAC" or info.subtype in PLAYABLE_WAV
+    return processing_utils.audio_is_playable(str(media))
 
 
 @functools.cache
@@ -173,6 +189,31 @@ def get_predictor():
     return load_predictor(settings=get_settings())
 
 
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority (Linux: nice is per thread; threads it starts inherit it)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+    except (AttributeError, OSError) as exc:  # not Linux, or not allowed: predictions at normal priority
+        log.info("could not lower the predictions' priority: %s", exc)
+
+
+@functools.cache
+def prediction_worker() -> ThreadPoolExecutor:
+    """The one thread that runs short predictions and loads the model, at nice PREDICT_NICE.
+
+    The predictor does one forward at a time anyway; here the threads doing it (torch's OpenMP team and
+    CTranslate2's workers, started by this thread and so niced like it) give a core to a vote (~30 ms of CPU)
+    as soon as it needs one instead of sharing both cores evenly with it (bench/serve.py --scenario crowd)."""
+    return ThreadPoolExecutor(1, thread_name_prefix="predict", initializer=lower_priority, initargs=(PREDICT_NICE,))
+
+
+def in_prediction_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args) on the prediction worker (directly on Spaces, whose ZeroGPU runs the call in another process)."""
+    if ON_SPACES:
+        return fn(*args, **kwargs)
+    return prediction_worker().submit(fn, *args, **kwargs).result()
+
+
 def shows_errors(fn: Callable) -> Callable:
     """Turn the project's person-readable errors into gr.Error; anything else becomes a generic message."""
 
@@ -213,7 +254,7 @@ def run_model(sample, progress: gr.Progress | None = None, voice: SpeakerStats |
     voice: this session's earlier speech (backend.adapt), updated with this clip's."""
     predictor = get_predictor()
     if not predictor.is_long(sample):
-        return predictor.predict_batch([sample], speakers=[voice])[0]
+        return in_prediction_worker(predictor.predict_batch, [sample], speakers=[voice])[0]
     if not _long_jobs.acquire(blocking=False):  # a third would hold a worker that short requests need
         raise MediaError(MSG_LONG_BUSY.format(seconds=LONG_CLIP_SECONDS))
     try:
@@ -910,7 +951,7 @@ demo = build_demo()
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO)
     started = time.perf_counter()
-    get_predictor()  # load the model once, before the first request (ZeroGPU needs it at startup)
+    in_prediction_worker(get_predictor)  # load once, before the first request (ZeroGPU needs it at startup)
     get_store().sweep_orphans()  # files a crash left without a row (or a row without its file deletion)
     log.info("model loaded in %.1f s", time.perf_counter() - started)
     demo.launch(

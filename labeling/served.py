@@ -47,7 +47,7 @@ class ServedCopies:
         self.prepare = prepare
         self.folder = Path(tempfile.mkdtemp(prefix=prefix))
         self._lock = threading.Lock()
-        self._prepare_lock = threading.Lock()  # one conversion of a clip at a time, never two writing one file
+        self._preparing: dict[str, threading.Lock] = {}  # per clip: one conversion at a time, never two writers
         self._copies: dict[str, list[tuple[Path, float]]] = {}
         self._sources: dict[str, Path] = {}  # clip id -> the file its copies are made from (prepare's answer)
 
@@ -73,13 +73,16 @@ class ServedCopies:
             return known
         if self.prepare is None:
             return media_path
-        with self._prepare_lock:
+        with self._lock:
+            clip_lock = self._preparing.setdefault(clip_id, threading.Lock())
+        with clip_lock:  # other clips are prepared meanwhile
             with self._lock:
                 known = self._sources.get(clip_id)
             if known is None or not known.exists():
                 known = self.prepare(media_path, self.folder / "ready")
                 with self._lock:
                     self._sources[clip_id] = known
+                    self._preparing.pop(clip_id, None)
         return known
 
     def expire(self) -> int:

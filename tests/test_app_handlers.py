@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 from pathlib import Path
 
 import cv2
@@ -215,3 +217,20 @@ def test_served_audio_is_made_playable_once_and_then_sent_without_a_probe(studio
     assert data.path == str(copy)
     with pytest.raises(AssertionError, match="probed"):  # anything else still gets Gradio's check
         studio.ClipAudio(type="filepath").postprocess(str(playable))
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
+def test_predictions_run_below_the_votes_priority_and_so_do_the_threads_they_start(studio):  # noqa: F811
+    here = os.getpriority(os.PRIO_PROCESS, 0)  # who=0: the calling thread on Linux
+
+    def started_thread_nice() -> int:
+        box: list[int] = []
+        worker = threading.Thread(target=lambda: box.append(os.getpriority(os.PRIO_PROCESS, 0)))
+        worker.start()
+        worker.join()
+        return box[0]
+
+    expected = max(here, studio.PREDICT_NICE)
+    assert studio.in_prediction_worker(os.getpriority, os.PRIO_PROCESS, 0) == expected
+    assert studio.in_prediction_worker(started_thread_nice) == expected  # torch's and CTranslate2's teams too
+    assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the caller's own priority is untouched
