@@ -5,11 +5,16 @@ Gradients flow when the caller allows them (training); callers wrap inference in
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from backend.labels import NUM_LABELS
 from backend.model import EmotionModel
+
+if TYPE_CHECKING:
+    from backend.fast_speech import FastSpeech
 
 MAX_BATCH_SECONDS = 240.0  # audio seconds per speech forward on CPU; buckets keep padding low
 GPU_MAX_BATCH = 256  # on CUDA one forward takes up to 256 clips / 4096 s of audio (a few GiB in bf16)
@@ -62,8 +67,10 @@ def speech_embed_batched(
     audios: list[np.ndarray],
     max_batch: int | None = None,
     max_seconds: float | None = None,
+    fast: FastSpeech | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """speech_forward_batched that also returns the embeddings: (N, 7) logits and (N, E) float32 on CPU."""
+    """speech_forward_batched that also returns the embeddings: (N, 7) logits and (N, E) float32 on CPU.
+    fast: the inference-only GPU path of the same model (the Predictor's), used instead of speech_forward."""
     cuda = model.device.type == "cuda"
     max_batch = max_batch or (GPU_MAX_BATCH if cuda else 32)
     max_seconds = max_seconds or (GPU_MAX_BATCH_SECONDS if cuda else MAX_BATCH_SECONDS)
@@ -71,7 +78,8 @@ def speech_embed_batched(
     out = torch.empty(len(audios), NUM_LABELS, device=model.device)
     emb = torch.empty(len(audios), model.config.embed_dim, device=model.device)
     for group in length_buckets(lengths, max_batch, max_seconds * 16_000):
-        logits, e = speech_forward(model, [audios[i] for i in group])
+        clips = [audios[i] for i in group]
+        logits, e = fast.embed(clips) if fast is not None else speech_forward(model, clips)
         rows = torch.tensor(group, device=model.device)
         out[rows], emb[rows] = logits.float(), e.float()
     return out.cpu(), emb.cpu()

@@ -47,7 +47,10 @@ class SpeechHead(nn.Module):
             f"expected states (B, {self.num_states}, T, {self.dim}), got {tuple(states.shape)}"
         )
         mix = self.layer_logits.softmax(0).to(states.dtype)
-        x = torch.einsum("l,bltd->btd", mix, states)
+        return self.from_mixed(torch.einsum("l,bltd->btd", mix, states), mask)
+
+    def from_mixed(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer mix already taken (B, T, D) (backend.fast_speech accumulates it layer by layer) -> logits, emb."""
         x = self.frame(self.norm(x))
         emb = self.embed(self.pool(x, mask))
         return self.classifier(emb), emb

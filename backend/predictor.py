@@ -20,6 +20,7 @@ from backend.branches import (
     text_forward,
 )
 from backend.errors import MediaError
+from backend.fast_speech import FastSpeech
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
 from backend.priority_lock import PriorityLock
@@ -73,10 +74,25 @@ class Predictor:
         self.model = model.eval()
         self.settings = settings or load_settings()
         self.lock = PriorityLock()  # one forward at a time per process; requests before long jobs' steps
+        self.fast_speech = self._fast_speech()
         if self.settings.asr and getattr(model.speech, "kind", "") == "whisper":
             from backend.asr import preload
 
             preload(model.speech, self.device)  # CTranslate2 Whisper loads while the app starts serving
+
+    def _fast_speech(self) -> FastSpeech | None:
+        """The GPU speech path (built once per loaded model); None on CPU, when off, or if it cannot be built."""
+        if (
+            self.device.type != "cuda"
+            or not self.settings.fast_speech
+            or getattr(self.model.speech, "kind", "") != "whisper"
+        ):
+            return None
+        try:
+            return FastSpeech(self.model)
+        except Exception:  # an unusual backbone must not stop the app: the autocast path computes the same
+            log.warning("fast speech path unavailable; using the autocast path", exc_info=True)
+            return None
 
     @property
     def model_version(self) -> str:
@@ -202,7 +218,7 @@ class Predictor:
         if not work.speech_units:
             return
         clips = [samples[i].audio[a:b] for i, _, a, b in work.speech_units]
-        logits, emb = speech_embed_batched(self.model, clips)
+        logits, emb = speech_embed_batched(self.model, clips, fast=self.fast_speech)
         logits = self._adapted(logits, emb, [i for i, *_ in work.speech_units], work.speakers, work.notes)
         if update_speakers:
             for row, (i, kind, *_) in enumerate(work.speech_units):

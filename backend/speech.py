@@ -74,7 +74,7 @@ class SpeechBackbone:
 
 
 @functools.lru_cache(maxsize=4)
-def _mel_filters(n_mels: int) -> torch.Tensor:
+def mel_filters(n_mels: int) -> torch.Tensor:
     """Slaney mel filter bank, (n_mels, 1 + N_FFT // 2), the one WhisperFeatureExtractor uses."""
     bank = mel_filter_bank(
         num_frequency_bins=1 + N_FFT // 2,
@@ -88,18 +88,22 @@ def _mel_filters(n_mels: int) -> torch.Tensor:
     return torch.from_numpy(bank.T).float()
 
 
-def log_mel(audio: torch.Tensor, n_mels: int = 80) -> torch.Tensor:
+def log_mel(
+    audio: torch.Tensor, n_mels: int = 80, filters: torch.Tensor | None = None, window: torch.Tensor | None = None
+) -> torch.Tensor:
     """Whisper log-mel of a batch: audio (B, n) float 16 kHz -> (B, n_mels, n // HOP_LENGTH).
 
     Same steps as WhisperFeatureExtractor: periodic Hann STFT (center, reflect), power, mel, log10
-    clamped at 1e-10, floor at each clip's max - 8, then (x + 4) / 4. Needs n > N_FFT // 2.
+    clamped at 1e-10, floor at each clip's max - 8, then (x + 4) / 4. Needs n > N_FFT // 2. filters / window:
+    mel_filters(n_mels) and the Hann window already on audio's device (no host copy: CUDA graphs capture this).
     """
     assert audio.dim() == 2, f"expected audio (B, n), got shape {tuple(audio.shape)}"
     audio = audio.float()
-    window = torch.hann_window(N_FFT, device=audio.device)
+    window = torch.hann_window(N_FFT, device=audio.device) if window is None else window
     stft = torch.stft(audio, N_FFT, HOP_LENGTH, window=window, return_complex=True)
     power = (stft[..., :-1].abs() ** 2).contiguous()  # the last frame is dropped, as HF does
-    mel = _mel_filters(n_mels).to(audio.device) @ power
+    filters = mel_filters(n_mels).to(audio.device) if filters is None else filters
+    mel = filters @ power
     logs = torch.clamp(mel, min=1e-10).log10()
     logs = torch.maximum(logs, logs.amax(dim=(1, 2), keepdim=True) - 8.0)
     return (logs + 4.0) / 4.0

@@ -4,6 +4,7 @@
 #   bash bench/device_bench.sh stash PART   copy .stash/PART into /root/stash
 #   bash bench/device_bench.sh infer        bench/inference.py on CUDA (needs parts p1 + a)  -> $OUT/infer_gpu.json
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
+#   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -11,7 +12,7 @@
 #   bash bench/device_bench.sh acc1         accelerate launch on one GPU (bf16): stopped + resumed vs uninterrupted
 #   bash bench/device_bench.sh live         bench/streaming.py (live voice latency) on CUDA (parts p1, a, live)
 set -uo pipefail
-STASH=/root/stash
+STASH=${STASH:-/root/stash}
 setup() {
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site "$STASH"/*.whl
   export PYTHONPATH="/tmp/site:$PWD" EMO_SHARED_DATA="$STASH/data" EMO_CACHE=/root/cache HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -37,6 +38,15 @@ case "$1" in
     TIMEFORMAT='batch CLI wall incl. model load: %R s'
     { time EMO_ASR=0 python3 -m backend.predict --batch "$STASH/data/ravdess-speech-16k" --out /tmp/bp.parquet \
         --model /root/model --workers 4 2>&1 | grep -v 'it/s\]' | tail -2 ; } 2>&1 | tee "$OUT/batch_cli.log" ;;
+  infer3)  # issue 16: the fast path beside the plain encoder, each step apart, accuracy per step; the GPU tests
+    # (parts w, r, m1, m2 of train/pack_for_device.py --speech / --adapt)
+    bash train/device_job.sh deps && setup
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+    python3 bench/inference.py --model /root/model --device cuda --impls naive,naive_trim,eager,ours,plain,plain30 \
+      --batches 1,64,256,1024 --seconds 4,30 --naive-max-batch 16 --budget-s 1 --accuracy-data "$STASH/data" \
+      --profile --out "$OUT/infer_gpu3.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu3.log"
+    python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -4
+    python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py tests/test_batch_equals_single.py 2>&1 | tail -4 ;;
   train)
     setup
     EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \

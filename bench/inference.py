@@ -1,9 +1,16 @@
-"""Speech-branch inference speed: the naive way beside the project's Predictor, same clips, same backbone.
+"""Speech-branch inference speed: the naive way and a plain encoder beside the project's Predictor, same clips.
 
-naive: a per-clip loop as a transformers pipeline does it - WhisperFeatureExtractor on the CPU (pads to 30 s),
-       the encoder's own forward in float32 over 3000 mel frames, then the same head and calibration.
-ours:  Predictor.predict_batch (audio only, no ASR, no timeline): one host->device copy from pinned memory,
-       log-mel on the device, length buckets, trimmed Whisper input, bf16 autocast on CUDA.
+Each step separated, like for like (same clips, same lengths, same batches):
+naive:      a per-clip loop as a transformers pipeline does it - WhisperFeatureExtractor on the CPU (pads to 30 s),
+            the encoder's own forward in float32 over 3000 mel frames, then the same head and calibration.
+naive_trim: the same per-clip float32 loop, input trimmed to the clip (+ margin) instead of 30 s: the trimming gain.
+eager:      Predictor.predict_batch with fast_speech off: batched, length buckets, log-mel on the device, bf16
+            autocast over float32 weights, LoRA as extra matmuls (the path before backend.fast_speech).
+ours:       Predictor.predict_batch (audio only, no ASR, no timeline): backend.fast_speech on CUDA (LoRA merged,
+            bf16 weights, fused qkv, masked SDPA, layer mix accumulated, CUDA graphs for batches <= 16).
+plain:      the anchor: transformers' Whisper-base encoder layers in bf16 (no LoRA, no mask, no loudness
+            normalisation), trimmed the same way, mean-pooled last state, a linear head. plain30: padded to 30 s.
+With --accuracy-data, the accuracy of naive, naive_trim, eager and ours on RAVDESS dev actors 17-20 (same clips).
 
     python bench/inference.py --model models/default --device cpu --batches 1,8 --out runs/bench/infer_cpu.json
     python bench/inference.py --model models/default --device cuda --out $OUT/infer_gpu.json   # H100
@@ -32,10 +39,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from backend.branches import speech_forward
 from backend.model import EmotionModel
 from backend.predictor import Predictor
 from backend.settings import DEFAULT_MODEL_DIR, load_settings
-from backend.speech import padded_frames
+from backend.speech import HOP_LENGTH, N_FRAMES, log_mel, pad_on_host, padded_frames, whisper_encoder_states
 from backend.types import SAMPLE_RATE, Sample
 
 log = logging.getLogger(__name__)
@@ -88,11 +96,59 @@ class NaiveSpeech:
         return np.stack(out)
 
 
-class OursSpeech:
-    """The project's Predictor on audio-only samples."""
+class NaiveTrimSpeech:
+    """naive's per-clip float32 loop with the input trimmed to the clip: only the trimming differs."""
 
     def __init__(self, model: EmotionModel) -> None:
-        self.predictor = Predictor(model, load_settings(asr=False, timeline_min_seconds=1e9))
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        out = []
+        with torch.autocast(self.model.device.type, enabled=False):
+            for clip in clips:
+                logits, _ = speech_forward(self.model, [clip])
+                out.append(self.model.heads.gate.calibrated(logits, "speech").float().cpu().numpy()[0])
+        return np.stack(out)
+
+
+class PlainEncoder:
+    """The anchor: transformers' Whisper encoder layers, bf16 weights, no mask, mean-pooled, linear head."""
+
+    def __init__(self, model: EmotionModel, pad30: bool = False) -> None:
+        import copy
+
+        from backend.lora import lora_disabled
+
+        self.device, self.pad30 = model.device, pad30
+        with lora_disabled(model.speech.model):
+            encoder = copy.deepcopy(model.speech.model.get_encoder())
+        for module in list(encoder.modules()):  # the base Linear of every LoRA wrap, unwrapped
+            for child_name, child in list(module.named_children()):
+                if hasattr(child, "lora_A"):
+                    setattr(module, child_name, child.base)
+        dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        self.encoder = encoder.to(self.device, dtype).eval()
+        self.dtype = dtype
+        self.head = torch.nn.Linear(encoder.config.d_model, 7).to(self.device, dtype)
+
+    @torch.inference_mode()
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        host, _ = pad_on_host(clips, pin=self.device.type == "cuda")
+        wave = host.to(self.device, non_blocking=True)
+        frames = N_FRAMES if self.pad30 else padded_frames(wave.shape[1])
+        wave = torch.nn.functional.pad(wave, (0, frames * HOP_LENGTH - wave.shape[1]))
+        mel = log_mel(wave, self.encoder.config.num_mel_bins).to(self.dtype)
+        last = whisper_encoder_states(self.encoder, mel)[:, -1]
+        return self.head(last.mean(1)).float().softmax(-1).cpu().numpy()
+
+
+class OursSpeech:
+    """The project's Predictor on audio-only samples (fast: backend.fast_speech on CUDA; off: the autocast path)."""
+
+    def __init__(self, model: EmotionModel, fast: bool = True) -> None:
+        settings = load_settings(asr=False, timeline_min_seconds=1e9, fast_speech=fast)
+        self.predictor = Predictor(model, settings)
 
     def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
         preds = self.predictor.predict_batch([Sample(audio=c) for c in clips])
@@ -198,16 +254,24 @@ def run(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     model = EmotionModel.from_pretrained(folder, cache=settings.cache, device=device)
     load_s = time.perf_counter() - t0
-    impls = {"naive": NaiveSpeech(model), "ours": OursSpeech(model)}
-    impls = {k: v for k, v in impls.items() if k in args.impls.split(",")}
+    makers = {
+        "naive": lambda: NaiveSpeech(model),
+        "naive_trim": lambda: NaiveTrimSpeech(model),
+        "eager": lambda: OursSpeech(model, fast=False),
+        "ours": lambda: OursSpeech(model),
+        "plain": lambda: PlainEncoder(model),
+        "plain30": lambda: PlainEncoder(model, pad30=True),
+    }
+    impls = {k: makers[k]() for k in args.impls.split(",")}
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     for seconds in [float(s) for s in args.seconds.split(",")]:
         pool = make_clips(2 * max(batches), seconds, seed=int(seconds))
         for batch in batches:
             for name, fn in impls.items():
-                # naive is a per-clip loop: its clips/s does not depend on the batch, so big batches are timed on fewer
-                measured = args.naive_max_batch if name == "naive" and batch > args.naive_max_batch else batch
+                # naive loops clip by clip: its clips/s does not depend on the batch, so big batches are timed on fewer
+                looped = name.startswith("naive")
+                measured = args.naive_max_batch if looped and batch > args.naive_max_batch else batch
                 if device.type == "cpu" and measured * seconds > args.cpu_max_audio:
                     continue
                 sets = [pool[:measured], pool[measured : 2 * measured]]
@@ -236,6 +300,8 @@ def run(args: argparse.Namespace) -> dict:
         "rows": rows,
         "speedup": speedups(rows),
     }
+    if args.accuracy_data:
+        report["accuracy"] = accuracy(impls, Path(args.accuracy_data))
     if device.type == "cuda":
         report["roofline"] = roofline(model, rows, device)
         if args.profile and "ours" in impls:
@@ -246,6 +312,26 @@ def run(args: argparse.Namespace) -> dict:
             except Exception as exc:  # a compiler failure must not lose the eager figures
                 report["compiled"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
     return report
+
+
+def accuracy(impls: dict, data: Path) -> dict:
+    """Accuracy of each emotion-reading implementation on RAVDESS dev actors 17-20 (the same 240 clips), and how
+    far its probabilities are from the float32 trimmed loop (the reference computation)."""
+    from train.corpora import SPEECH_DEV_ACTORS, ravdess
+    from train.fit_speech import load_clips
+
+    clips = ravdess(data / "ravdess-speech-16k", SPEECH_DEV_ACTORS)
+    audio, labels = load_clips(clips), np.array([c.label for c in clips])
+    probs = {name: fn(audio) for name, fn in impls.items() if not name.startswith("plain")}
+    ref = probs.get("naive_trim")
+    return {
+        name: {
+            "n": len(labels),
+            "accuracy": float((p.argmax(1) == labels).mean()),
+            **({"max_abs_diff_vs_naive_trim": float(np.abs(p - ref).max())} if ref is not None else {}),
+        }
+        for name, p in probs.items()
+    }
 
 
 def profile_ours(ours: OursSpeech, device: torch.device, batch: int = 256, seconds: float = 4.0) -> dict:
@@ -340,11 +426,11 @@ def compiled_rows(model: EmotionModel, ours: OursSpeech, device: torch.device, a
 
 def table(report: dict) -> str:
     lines = [
-        f"{'impl':<8}{'dev':<5}{'batch':>6}{'sec':>5}{'p50 ms':>10}{'p95 ms':>10}{'clips/s':>10}{'audio s/s':>11}{'peak MiB':>10}"
+        f"{'impl':<11}{'dev':<5}{'batch':>6}{'sec':>5}{'p50 ms':>10}{'p95 ms':>10}{'clips/s':>10}{'audio s/s':>11}{'peak MiB':>10}"
     ]
     for r in report["rows"]:
         lines.append(
-            f"{r['impl']:<8}{r['device']:<5}{r['batch']:>6}{r['seconds']:>5.0f}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}"
+            f"{r['impl']:<11}{r['device']:<5}{r['batch']:>6}{r['seconds']:>5.0f}{r['p50_ms']:>10.1f}{r['p95_ms']:>10.1f}"
             f"{r['clips_per_s']:>10.1f}{r['audio_s_per_s']:>11.1f}{r['peak_mib']:>10.1f}"
         )
     return "\n".join(lines)
@@ -361,7 +447,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--naive-max-batch", type=int, default=32, help="naive loop timed on at most this many clips")
     p.add_argument("--cpu-max-audio", type=float, default=300.0, help="CPU: skip configs with more audio per call")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per configuration after the minimum reps")
-    p.add_argument("--impls", default="naive,ours", help="which implementations to time")
+    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,plain,plain30")
+    p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoder layers (CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -375,7 +462,8 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text)
     print(table(report))
-    print(json.dumps({"speedup": report["speedup"], "roofline": report.get("roofline", {}).get("rows", [])[:16]}))
+    summary = {"speedup": report["speedup"], "roofline": report.get("roofline", {}).get("rows", [])[:16]}
+    print(json.dumps(summary | ({"accuracy": report["accuracy"]} if "accuracy" in report else {})))
     return report
 
 

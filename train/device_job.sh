@@ -7,7 +7,22 @@
 #                                           python -m train.pack_for_device --speech); results in $OUT/speech.tgz
 set -euo pipefail
 STASH=${STASH:-/root/stash}
+install_deps() {  # soundfile and the pure-Python wheels of part m2 that this machine lacks, into /tmp/site
+  mkdir -p /tmp/site
+  python3 -c "import soundfile" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/*.whl
+  need=""
+  for pair in sqlite_utils:sqlite_utils sqlite_fts4:sqlite_fts4 click_default_group:click_default_group \
+      tabulate:tabulate pluggy:pluggy dateutil:python_dateutil six:six click:click accelerate:accelerate \
+      krippendorff:krippendorff filelock:filelock tqdm:tqdm psutil:psutil nrclex:nrclex \
+      iniconfig:iniconfig pytest:pytest; do
+    python3 -c "import ${pair%%:*}" 2>/dev/null || need="$need $(ls "$STASH"/wheels/"${pair#*:}"-*.whl)"
+  done
+  # shellcheck disable=SC2086
+  [ -z "$need" ] || { echo "installing:$need"; python3 -m pip install -q --no-index --no-deps --target /tmp/site $need; }
+}
 case "$1" in
+  deps)
+    install_deps ;;
   stash)
     mkdir -p "$STASH" && cp -r ".stash/$2/." "$STASH/" && du -sh "$STASH"/* ;;
   train)
@@ -70,15 +85,7 @@ case "$1" in
   adapt)  # bench/adapt_ased.py, recipes x seeds in parallel (parts w, r, s1-s3 of --speech; m1, m2 of --adapt)
     # RECIPES="name:bench args;..." SEEDS="0 1 2" LIMIT=seconds; runs live in $ROOT/adapt (--resume continues them)
     ROOT=${ADAPT_ROOT:-/root}; mkdir -p "$ROOT/adapt" /tmp/site
-    python3 -c "import soundfile" 2>/dev/null || python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/*.whl
-    need=""
-    for pair in sqlite_utils:sqlite_utils sqlite_fts4:sqlite_fts4 click_default_group:click_default_group \
-        tabulate:tabulate pluggy:pluggy dateutil:python_dateutil six:six click:click accelerate:accelerate \
-        krippendorff:krippendorff filelock:filelock tqdm:tqdm psutil:psutil nrclex:nrclex; do
-      python3 -c "import ${pair%%:*}" 2>/dev/null || need="$need $(ls "$STASH"/wheels/"${pair#*:}"-*.whl)"
-    done
-    # shellcheck disable=SC2086
-    [ -z "$need" ] || { echo "installing:$need"; python3 -m pip install -q --no-index --no-deps --target /tmp/site $need; }
+    install_deps
     export OMP_NUM_THREADS=2 MKL_NUM_THREADS=2 TOKENIZERS_PARALLELISM=false
     export PYTHONPATH="/tmp/site:$PWD" EMO_CACHE="$ROOT/cache" HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     python3 - "$STASH" "$ROOT/v1" <<'PY'

@@ -1,0 +1,223 @@
+"""The speech branch for inference on a GPU: the same function as speech_forward, run at the hardware's pace.
+
+speech_forward (training, CPU) runs transformers' Whisper layers under bf16 autocast with LoRA as extra matmuls,
+stacks all seven hidden states, and launches ~300 small kernels a batch. Here, built once per loaded model:
+- LoRA merged into the base weights (W + scale B A) and every weight cast to bf16 once (no autocast copies);
+- q, k, v as one fused projection (q's 1/sqrt(d) folded into its weights), scaled-dot-product attention with
+  the key-padding mask (padding never attended: a clip's result does not depend on its batch), no mask at all
+  when no clip in the batch is padded (the flash kernel);
+- the head's layer mix accumulated on the fly instead of a (B, 7, T, D) stack;
+- small batches replayed from CUDA graphs captured per (batch, length) bucket: one launch instead of hundreds.
+Graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
+silent clips whose results are dropped: rows never mix); big batches are trimmed to their longest clip. The weights are a snapshot: build a new FastSpeech
+after the model's weights change (the Predictor builds one when it loads a model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from backend.lora import LoRALinear
+from backend.model import EmotionModel
+from backend.speech import (
+    HOP_LENGTH,
+    MIN_FRAMES,
+    N_FFT,
+    N_FRAMES,
+    N_SAMPLES,
+    log_mel,
+    mel_filters,
+    normalize_loudness,
+    pad_on_host,
+    padded_frames,
+    valid_frames,
+)
+
+log = logging.getLogger(__name__)
+
+FRAME_BUCKET = 100  # mel frames: lengths padded to whole seconds (30 shapes at most)
+GRAPH_MAX_BATCH = 16  # batches up to this size replay a captured CUDA graph (launch-bound); larger run eagerly
+
+
+def merged_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """An nn.Linear or LoRALinear -> (weight, bias) of the one linear map it computes (adapters merged)."""
+    if isinstance(linear, LoRALinear):
+        weight = linear.base.weight.float()
+        if linear.enabled:
+            weight = weight + linear.scale * (linear.lora_B.float() @ linear.lora_A.float())
+        return weight, linear.base.bias
+    return linear.weight.float(), linear.bias
+
+
+@dataclass
+class FastLayer:
+    """One Whisper encoder layer's weights, merged and cast."""
+
+    ln1: tuple[torch.Tensor, torch.Tensor]
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    out_w: torch.Tensor
+    out_b: torch.Tensor
+    ln2: tuple[torch.Tensor, torch.Tensor]
+    fc1_w: torch.Tensor
+    fc1_b: torch.Tensor
+    fc2_w: torch.Tensor
+    fc2_b: torch.Tensor
+
+
+def _cast(t: torch.Tensor | None, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return torch.zeros(like.shape[0], device=like.device, dtype=dtype) if t is None else t.detach().to(dtype)
+
+
+def fast_layer(layer: nn.Module, dtype: torch.dtype) -> FastLayer:
+    attn = layer.self_attn
+    scaling = attn.head_dim**-0.5
+    (qw, qb), (kw, kb), (vw, vb) = (merged_weight(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
+    qb, kb, vb = (_cast(b, w, torch.float32) for b, w in ((qb, qw), (kb, kw), (vb, vw)))
+    ow, ob = merged_weight(attn.out_proj)
+    f1w, f1b = merged_weight(layer.fc1)
+    f2w, f2b = merged_weight(layer.fc2)
+    ln = lambda m: (m.weight.detach().to(dtype), m.bias.detach().to(dtype))  # noqa: E731
+    return FastLayer(
+        ln1=ln(layer.self_attn_layer_norm),
+        qkv_w=torch.cat([qw * scaling, kw, vw]).to(dtype).contiguous(),
+        qkv_b=torch.cat([qb * scaling, kb, vb]).to(dtype),
+        out_w=ow.to(dtype).contiguous(),
+        out_b=_cast(ob, ow, dtype),
+        ln2=ln(layer.final_layer_norm),
+        fc1_w=f1w.to(dtype).contiguous(),
+        fc1_b=_cast(f1b, f1w, dtype),
+        fc2_w=f2w.to(dtype).contiguous(),
+        fc2_b=_cast(f2b, f2w, dtype),
+    )
+
+
+class FastSpeech:
+    """speech_forward for eval on CUDA (or CPU, for tests): clips -> (logits (N, 7), embeddings (N, E)) float32."""
+
+    def __init__(self, model: EmotionModel, dtype: torch.dtype = torch.bfloat16, graphs: bool = True) -> None:
+        backbone = model.speech
+        assert backbone.kind == "whisper", "the fast path is for Whisper encoders"
+        encoder = backbone.model.get_encoder()
+        self.device, self.dtype = model.device, dtype
+        self.loudness = model.config.speech_loudness_norm
+        self.n_mels = encoder.config.num_mel_bins
+        self.heads = encoder.config.encoder_attention_heads
+        self.eps = encoder.layer_norm.eps
+        self.filters = mel_filters(self.n_mels).to(self.device)
+        self.window = torch.hann_window(N_FFT, device=self.device)
+        with torch.no_grad():
+            self.conv1 = (encoder.conv1.weight.detach().to(dtype), encoder.conv1.bias.detach().to(dtype))
+            self.conv2 = (encoder.conv2.weight.detach().to(dtype), encoder.conv2.bias.detach().to(dtype))
+            self.positions = encoder.embed_positions.weight.detach().to(dtype)
+            self.layers = [fast_layer(layer, dtype) for layer in encoder.layers]
+            self.final_ln = (encoder.layer_norm.weight.detach().to(dtype), encoder.layer_norm.bias.detach().to(dtype))
+        self.head = model.heads.speech_head
+        self.mix = self.head.layer_logits.detach().float().softmax(0)
+        self.graphs_enabled = graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], _Graph] = {}
+        self._pool = None
+
+    # -- the computation -------------------------------------------------------------------------------------
+    def _forward(
+        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded_ok: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """wave (B, n) float32 zero-padded with >= N_FFT zeros after every clip, lengths (B,) -> logits, emb.
+        unpadded_ok: when no clip has padding frames, attend without a mask (the flash kernel; costs one sync)."""
+        if self.loudness:
+            wave = normalize_loudness(wave, lengths)
+        frames = wave.shape[1] // HOP_LENGTH
+        mel = log_mel(wave, self.n_mels, filters=self.filters, window=self.window).to(self.dtype)
+        mask = torch.arange(frames // 2, device=wave.device)[None, :] < valid_frames(lengths, frames)[:, None]
+        x = nn.functional.gelu(nn.functional.conv1d(mel, *self.conv1, padding=1))
+        x = nn.functional.gelu(nn.functional.conv1d(x, *self.conv2, stride=2, padding=1)).transpose(1, 2)
+        x = x + self.positions[: x.shape[1]]
+        mix = self.mix.to(x.device)
+        acc = mix[0] * x.float()
+        attn_mask = None if unpadded_ok and bool(mask.all()) else mask[:, None, None, :]
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            x = self._layer(x, layer, attn_mask)
+            state = nn.functional.layer_norm(x, x.shape[-1:], *self.final_ln, self.eps) if i == last else x
+            acc = acc + mix[i + 1] * state.float()
+        return self.head.from_mixed(acc, mask)
+
+    def _layer(self, x: torch.Tensor, w: FastLayer, attn_mask: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        h = nn.functional.layer_norm(x, (d,), *w.ln1, self.eps)
+        qkv = nn.functional.linear(h, w.qkv_w, w.qkv_b).view(b, t, 3, self.heads, d // self.heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
+        x = x + nn.functional.linear(a.transpose(1, 2).reshape(b, t, d), w.out_w, w.out_b)
+        h = nn.functional.layer_norm(x, (d,), *w.ln2, self.eps)
+        h = nn.functional.gelu(nn.functional.linear(h, w.fc1_w, w.fc1_b))
+        return x + nn.functional.linear(h, w.fc2_w, w.fc2_b)
+
+    def embed(self, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips (1-D arrays, <= 30 s) -> logits (B, 7), embeddings (B, E) float32 on the device."""
+        host, lengths = pad_on_host(clips, pin=self.device.type == "cuda")
+        return self(host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
+
+    # -- batching --------------------------------------------------------------------------------------------
+    @staticmethod
+    def bucket_frames(longest: int) -> int:
+        """Mel frames for a batch whose longest clip has `longest` samples: >= N_FFT zeros after it, whole seconds."""
+        frames = max(MIN_FRAMES, math.ceil((longest + N_FFT) / HOP_LENGTH))
+        return min(N_FRAMES, math.ceil(frames / FRAME_BUCKET) * FRAME_BUCKET)
+
+    @torch.inference_mode()
+    def __call__(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A zero-padded batch on the device (B, n), lengths (B,) -> logits (B, 7), embeddings (B, E) float32."""
+        b, n = wave.shape
+        if n > N_SAMPLES:
+            raise ValueError(f"Whisper's encoder takes at most 30 s; split clips of {n} samples")
+        with torch.autocast(self.device.type, enabled=False):
+            if self.graphs_enabled and b <= GRAPH_MAX_BATCH:
+                size, frames = 1 << (b - 1).bit_length(), self.bucket_frames(n)
+                graph = self._graphs.get((size, frames)) or self._capture(size, frames)
+                logits, emb = graph.run(wave, lengths)
+                return logits[:b].float(), emb[:b].float()
+            frames = padded_frames(n)  # big batches: trimmed to the longest clip, as speech_forward does
+            wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - n))
+            logits, emb = self._forward(wave, lengths, unpadded_ok=True)
+            return logits.float(), emb.float()
+
+    def _capture(self, size: int, frames: int) -> _Graph:
+        graph = _Graph(self, size, frames)
+        self._graphs[(size, frames)] = graph
+        log.info("captured a CUDA graph for %d clips x %d mel frames (%d graphs)", size, frames, len(self._graphs))
+        return graph
+
+
+class _Graph:
+    """One captured forward for a fixed (batch, frames): inputs copied into static buffers, then replayed."""
+
+    def __init__(self, fast: FastSpeech, size: int, frames: int) -> None:
+        device = fast.device
+        self.wave = torch.zeros(size, frames * HOP_LENGTH, device=device)
+        self.lengths = torch.full((size,), N_FFT, dtype=torch.long, device=device)
+        stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            for _ in range(2):  # warm up: cuBLAS / cuFFT plans and workspaces exist before capture
+                fast._forward(self.wave, self.lengths)
+        torch.cuda.current_stream(device).wait_stream(stream)
+        self.graph = torch.cuda.CUDAGraph()
+        if fast._pool is None:
+            fast._pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.graph(self.graph, pool=fast._pool, capture_error_mode="thread_local"):
+            self.logits, self.emb = fast._forward(self.wave, self.lengths)
+
+    def run(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n = wave.shape
+        self.wave.zero_()
+        self.wave[:b, :n].copy_(wave)
+        self.lengths.fill_(N_FFT)
+        self.lengths[:b].copy_(lengths)
+        self.graph.replay()
+        return self.logits.clone(), self.emb.clone()

@@ -1,0 +1,98 @@
+"""The GPU speech path (backend.fast_speech) computes what speech_forward computes, batch-independent.
+
+On CPU in float32 (no graphs) it must match the reference path to float rounding; on CUDA (the device run) the
+graphed bf16 path must match its own eager run and stay within bf16 distance of the autocast path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from backend.branches import speech_embed_batched, speech_forward
+from backend.fast_speech import FRAME_BUCKET, FastSpeech
+from backend.model import EmotionModel
+from backend.settings import DEFAULT_MODEL_DIR, load_settings
+from backend.speech import pad_on_host
+
+
+def clips(seed: int, sizes: tuple[int, ...]) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    t = [np.arange(n) / 16_000 for n in sizes]
+    return [
+        (0.1 * np.sin(2 * np.pi * rng.uniform(100, 300) * x) + 0.01 * rng.standard_normal(len(x))).astype(np.float32)
+        for x in t
+    ]
+
+
+def load_default(device: str = "cpu") -> EmotionModel:
+    return EmotionModel.from_pretrained(DEFAULT_MODEL_DIR, cache=load_settings().cache, device=device).eval()
+
+
+@pytest.fixture(scope="module")
+def default_model() -> EmotionModel:
+    """The shipped model (speech LoRA 16 on every linear: the merge is what is tested)."""
+    return load_default()
+
+
+@pytest.fixture(scope="module")
+def fast_cpu(default_model):
+    return FastSpeech(default_model, dtype=torch.float32, graphs=False)
+
+
+def test_matches_speech_forward_in_float32(default_model, fast_cpu):
+    batch = clips(0, (12_000, 40_000, 71_000))
+    with torch.inference_mode():
+        ref_logits, ref_emb = speech_forward(default_model, batch)
+        logits, emb = fast_cpu.embed(batch)
+    assert torch.allclose(logits, ref_logits, atol=2e-5), (logits - ref_logits).abs().max()
+    assert torch.allclose(emb, ref_emb, atol=2e-5)
+
+
+def test_a_clip_alone_equals_the_clip_in_a_batch(fast_cpu):
+    batch = clips(1, (9_000, 150_000, 33_000, 480_000))
+    with torch.inference_mode():
+        together, _ = fast_cpu.embed(batch)
+        for i, clip in enumerate(batch):
+            alone, _ = fast_cpu.embed([clip])
+            assert torch.allclose(alone[0], together[i], atol=2e-5), (i, (alone[0] - together[i]).abs().max())
+
+
+def test_batched_entry_point_uses_it(default_model, fast_cpu):
+    batch = clips(2, (20_000, 64_000, 64_000, 100_000, 8_000))
+    with torch.inference_mode():
+        ref, _ = speech_embed_batched(default_model, batch)
+        got, _ = speech_embed_batched(default_model, batch, fast=fast_cpu)
+    assert torch.allclose(got, ref, atol=2e-5)
+
+
+def test_longer_than_whisper_window_is_refused(fast_cpu):
+    host, lengths = pad_on_host(clips(3, (480_001,)))
+    with pytest.raises(ValueError, match="30 s"):
+        fast_cpu(host, lengths)
+
+
+def test_graph_buckets_are_whole_seconds():
+    assert FastSpeech.bucket_frames(16_000) == 2 * FRAME_BUCKET  # 1 s + the N_FFT margin spills into 2 s
+    assert FastSpeech.bucket_frames(1_000) == FRAME_BUCKET
+    assert FastSpeech.bucket_frames(480_000) == 3000
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_cuda_graphs_match_eager_and_autocast():
+    model = load_default("cuda")
+    fast = FastSpeech(model)
+    batch = clips(4, (16_000, 52_000, 64_000))
+    with torch.inference_mode():
+        graphed, _ = fast.embed(batch)  # 3 clips: a captured graph for 4 x 500 frames
+        again, _ = fast.embed(batch)
+        alone, _ = fast.embed(batch[1:2])
+        eager = FastSpeech(model, graphs=False).embed(batch)[0]
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            ref, _ = speech_forward(model, batch)
+    assert len(fast._graphs) == 2 and torch.equal(graphed, again)
+    probs = lambda x: x.float().softmax(-1)  # noqa: E731
+    assert (probs(alone[0]) - probs(graphed[1])).abs().max() < 1e-2
+    assert (probs(graphed) - probs(eager)).abs().max() < 1e-2
+    assert (probs(graphed) - probs(ref)).abs().max() < 2e-2
