@@ -17,6 +17,20 @@ champion vs challenger on the same examples), the gate's decision with its inter
     # CPU smoke check (~5 min on 2 cores): 25 corrections, 1 seed, 1 epoch, small dev/scoring sets
     python bench/adapt_ased.py --base-model /work/v1-model --out /tmp/adapt --json /tmp/adapt.json --cpu --quick
 
+Hostile crowds (the populations and the poisoning of bench/hostile_crowd.py, on this informative setting):
+--population NAME replaces the default crowd by six honest annotators plus that hostile population (noisy,
+always_one, flipping, coordinated; `honest`: the six alone), still 3 votes per clip and 10% gold; --poisoned trains
+on a copy of the store where every vote is replaced by its clip's majority label (no reliability defence; the gate
+inside train.retrain then also judges on those labels). --pool ravdess-train is a control: the corrections are
+RAVDESS clips of the base model's own training actors (1-16), which teach it nothing new, so its loss on RAVDESS
+dev (17-20) is drift of the retraining itself, not forgetting caused by ASED. Each run records its training labels'
+accuracy against the truth. A non-default setting keeps its work folders apart (<out>/seed<S>-<setting>/n<N>) and
+its JSON too (default <out>/adapt_ased-<setting>.json); --resume refuses a JSON written for another setting.
+
+    python bench/adapt_ased.py --base-model /work/v1-model --out /tmp/adapt_h --cpu --quick \
+        --population coordinated --poisoned
+    python bench/adapt_ased.py --base-model /work/v1-model --out /tmp/adapt_c --cpu --quick --pool ravdess-train
+
 Writes one JSON file (rewritten after every run, so a stopped bench keeps what it measured; the same command with
 --resume continues it, e.g. under a per-command time limit) and prints it.
 """
@@ -50,8 +64,18 @@ from backend.model import EmotionModel  # noqa: E402
 from backend.predictor import Predictor  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
 from backend.types import Sample  # noqa: E402
+from bench.hostile_crowd import POPULATIONS, Annotator, pool, undefended_copy, vote_for  # noqa: E402
+from labeling.aggregate import aggregate_clip, aggregate_labels, load_votes  # noqa: E402
 from labeling.store import Store  # noqa: E402
-from train.corpora import ASED_TEST_SPEAKERS, ASED_TRAIN_SPEAKERS, Example, ased, shared_data_dir  # noqa: E402
+from train.corpora import (  # noqa: E402
+    ASED_TEST_SPEAKERS,
+    ASED_TRAIN_SPEAKERS,
+    SPEECH_TRAIN_ACTORS,
+    Example,
+    ased,
+    ravdess,
+    shared_data_dir,
+)
 from train.fit_speech import load_clips  # noqa: E402
 from train.metrics import classification_report  # noqa: E402
 
@@ -63,6 +87,9 @@ VOTES_PER_CLIP = 3
 GOLD_SHARE = 0.1
 SIZES = (25, 50, 100, 200, 400)
 FIGURES = ("n", "accuracy", "uar", "macro_f1")
+DEFAULT_POPULATION = "default"  # CROWD above; any other name: bench/hostile_crowd.py's honest pool + that population
+POOLS = ("ased-train", "ravdess-train")
+MANIFEST = "data_manifest.json"  # train.retrain's record of which clips it trained on
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,6 +109,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--calib-replay", type=int, default=120)
     p.add_argument(
         "--retrain-args", default="", help="more train.retrain flags, given with '=': --retrain-args='--lr 1e-3'"
+    )
+    p.add_argument(
+        "--population",
+        default=DEFAULT_POPULATION,
+        choices=(DEFAULT_POPULATION, *POPULATIONS),
+        help="who votes: the default crowd (3 honest + 2 noisy) or hostile_crowd.py's honest pool + this population",
+    )
+    p.add_argument("--poisoned", action="store_true", help="train on the votes' majority labels (no defence)")
+    p.add_argument(
+        "--pool",
+        default=POOLS[0],
+        choices=POOLS,
+        help="where the corrections come from: ASED train speakers, or (control) RAVDESS training actors 1-16",
     )
     p.add_argument("--cpu", action="store_true")
     p.add_argument(
@@ -127,31 +167,91 @@ def score(model: EmotionModel, audio: list[np.ndarray], clips: list[Example]) ->
     return {k: report[k] for k in FIGURES}
 
 
-def vote_for(truth: int, noise: float, rng: np.random.Generator) -> str:
-    """The true label, or with probability `noise` a uniformly random label (which may be the true one)."""
-    return LABELS[int(rng.integers(len(LABELS))) if rng.random() < noise else truth]
+def setting_tag(args: argparse.Namespace) -> str:
+    """'' for the default setting (its folders and JSON keep their old names, so --resume still finds them),
+    else e.g. 'ravdess-train-coordinated-poisoned': what keeps other settings' results apart."""
+    parts = [args.pool] if args.pool != POOLS[0] else []
+    parts += [args.population] if args.population != DEFAULT_POPULATION else []
+    return "-".join(parts + (["poisoned"] if args.poisoned else []))
 
 
-def fill_store(db: Path, clips: list[Example], audio: list[np.ndarray], base: EmotionModel, seed: int) -> dict:
-    """Import the clips with the base model's prediction, crowd votes and gold marks; returns counts."""
-    rng = np.random.default_rng([seed, len(clips)])
+def setting(args: argparse.Namespace) -> dict:
+    return {"pool": args.pool, "population": args.population, "poisoned": args.poisoned}
+
+
+def crowd(population: str) -> list[Annotator]:
+    """The annotators who vote: CROWD (default), or hostile_crowd.py's six honest annotators plus a population."""
+    if population != DEFAULT_POPULATION:
+        return pool(population)
+    return [
+        Annotator(name, name.startswith("noisy"), lambda c, t, r, n=noise: vote_for(t, n, r)) for name, noise in CROWD
+    ]
+
+
+def correction_pool(data: Path, name: str) -> list[Example]:
+    """The clips corrections are drawn from: ASED adaptation speakers, or RAVDESS actors the base model trained on."""
+    if name == "ravdess-train":
+        return ravdess(data / "ravdess-speech-16k", SPEECH_TRAIN_ACTORS)
+    return ased(data / "ased-speech-16k", ASED_TRAIN_SPEAKERS)
+
+
+def base_predictions(base: EmotionModel, audio: list[np.ndarray]) -> list[dict]:
+    """The base model's probabilities per clip: the prediction a person corrects (the hard negative)."""
     preds = Predictor(base, load_settings(asr=False)).predict_chunked([Sample(audio=w) for w in audio])
-    wrong_votes = 0
+    return [p.probs for p in preds]
+
+
+def fill_store(
+    db: Path,
+    clips: list[Example],
+    wavs: list[bytes],
+    preds: list[dict],
+    annotators: list[Annotator],
+    seed: int,
+    version: str = "base",
+) -> tuple[dict, dict[str, int]]:
+    """Import the clips with the base model's prediction, crowd votes (VOTES_PER_CLIP distinct annotators drawn
+    per clip) and gold marks; returns (counts, true label id per clip id)."""
+    rng = np.random.default_rng([seed, len(clips)])
+    wrong_votes, truth = 0, {}
     with Store.open(db, k=VOTES_PER_CLIP, gold_rate=0.0) as store:
-        for ex, wave, pred in zip(clips, audio, preds):
-            data, duration = encode_wav(wave), len(wave) / 16_000
+        for ex, data, probs in zip(clips, wavs, preds):
+            duration = (len(data) - 44) / 32_000  # 16 kHz 16-bit mono wav
             clip = store.add_clip(
                 data, ext=".wav", modalities=["speech"], duration=duration, source="import", consent=True
             )
-            store.add_prediction(clip, base.version, pred.probs)
+            truth[clip] = ex.label
+            store.add_prediction(clip, version, probs)
             if rng.random() < GOLD_SHARE:
                 store.add_gold(clip, LABELS[ex.label])
-            for i in rng.choice(len(CROWD), size=VOTES_PER_CLIP, replace=False):
-                annotator, noise = CROWD[int(i)]
-                label = vote_for(ex.label, noise, rng)
+            for i in rng.choice(len(annotators), size=VOTES_PER_CLIP, replace=False):
+                annotator = annotators[int(i)]
+                label = annotator.answer(clip, ex.label, rng)
                 wrong_votes += label != LABELS[ex.label]
-                store.vote(clip, annotator, label)
-    return {"clips": len(clips), "votes": len(clips) * VOTES_PER_CLIP, "wrong_votes": wrong_votes}
+                store.vote(clip, annotator.name, label)
+    return {"clips": len(clips), "votes": len(clips) * VOTES_PER_CLIP, "wrong_votes": wrong_votes}, truth
+
+
+def label_accuracy(labels: dict[str, str | None], truth: dict[str, int], clips: list[str]) -> dict:
+    wrong = sum(labels.get(c) != LABELS[truth[c]] for c in clips)
+    return {"n": len(clips), "wrong": wrong, "accuracy": round(1 - wrong / len(clips), 4) if clips else None}
+
+
+def training_labels(work: Path, truth: dict[str, int]) -> dict:
+    """How many of the labels train.retrain learned from were wrong: the training store's labels (as it
+    aggregates them: gold, else reliability-weighted) on the clips of its training slice, and on every clip;
+    beside them the plain majority of the crowd's votes, the poisoned label."""
+    with Store.open(work / "studio.db") as store:
+        used = {item.clip_id: item.label for item in aggregate_labels(store)}
+    with Store.open(work / ("crowd.db" if (work / "crowd.db").is_file() else "studio.db")) as store:
+        majority = {c: aggregate_clip(c, v, {}).majority for c, v in load_votes(store).items()}
+    manifest = work / "run" / MANIFEST
+    trained = json.loads(manifest.read_text())["train"] if manifest.is_file() else []
+    return {
+        "train_slice": label_accuracy(used, truth, [c for c in trained if c in truth]),
+        "all_clips": label_accuracy(used, truth, sorted(truth)),
+        "majority_all_clips": label_accuracy(majority, truth, sorted(truth)),
+    }
 
 
 def retrain_command(args: argparse.Namespace, work: Path, seed: int) -> list[str]:
@@ -213,9 +313,14 @@ def gate_figures(decision: dict) -> dict:
 
 
 def one_run(args, work: Path, clips, audio, base, scoring, seed: int) -> dict:
-    """Store, crowd, retrain, gate, score: one point of the learning curve."""
+    """Store, crowd, retrain, gate, score: one point of the learning curve. Poisoned: the crowd votes into
+    crowd.db and train.retrain reads its majority-label copy, studio.db."""
     work.mkdir(parents=True)
-    crowd = fill_store(work / "studio.db", clips, audio, base, seed)
+    wavs, preds = [encode_wav(w) for w in audio], base_predictions(base, audio)
+    db = work / ("crowd.db" if args.poisoned else "studio.db")
+    votes, truth = fill_store(db, clips, wavs, preds, crowd(args.population), seed, base.version)
+    if args.poisoned:
+        undefended_copy(db, work / "studio.db", wavs, preds)
     summary, seconds = run_retrain(retrain_command(args, work, seed), work)
     device = base.device
     challenger = EmotionModel.from_pretrained(work / "run" / "challenger", cache=load_settings().cache, device=device)
@@ -224,7 +329,9 @@ def one_run(args, work: Path, clips, audio, base, scoring, seed: int) -> dict:
     return {
         "corrections": len(clips),
         "seed": seed,
-        "crowd": crowd,
+        **setting(args),
+        "crowd": votes,
+        "training_labels": training_labels(work, truth),
         "train_items": summary["train"]["items"],
         "held_out": summary["held"],
         "calibration_items": summary.get("calib"),
@@ -282,6 +389,24 @@ def write(path: Path, report: dict) -> None:
     path.write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
+def resumed_runs(args: argparse.Namespace, json_path: Path) -> list[dict]:
+    """The runs a stopped bench already measured; refuses a JSON written for another setting, so two settings
+    never mix in one file (a JSON from before these flags counts as the default setting)."""
+    if not (args.resume and json_path.is_file()):
+        return []
+    report = json.loads(json_path.read_text())
+    theirs = report.get("setting", {"pool": POOLS[0], "population": DEFAULT_POPULATION, "poisoned": False})
+    if theirs != setting(args):
+        raise SystemExit(f"{json_path} holds runs of {theirs}, not {setting(args)}: give another --json")
+    return report["runs"]
+
+
+def work_folder(args: argparse.Namespace, seed: int, n: int) -> Path:
+    """<out>/seed<S>/n<N> for the default setting (as before), <out>/seed<S>-<setting>/n<N> for the others."""
+    tag = setting_tag(args)
+    return Path(args.out) / (f"seed{seed}-{tag}" if tag else f"seed{seed}") / f"n{n}"
+
+
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -289,32 +414,38 @@ def main(argv: list[str] | None = None) -> dict:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: clean up the running job
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=args.resume)
-    json_path = Path(args.json) if args.json else out / "adapt_ased.json"
-    done = json.loads(json_path.read_text())["runs"] if args.resume and json_path.is_file() else []
+    tag = setting_tag(args)
+    json_path = Path(args.json) if args.json else out / (f"adapt_ased-{tag}.json" if tag else "adapt_ased.json")
+    done = resumed_runs(args, json_path)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     sizes, seeds = [int(s) for s in args.sizes.split(",")], [int(s) for s in args.seeds.split(",")]
     base = EmotionModel.from_pretrained(args.base_model, cache=load_settings().cache, device=device)
     scoring = scoring_set(Path(args.data), args.score_limit)
     base_unseen = score(base, scoring[1], scoring[0])
-    pool = ased(Path(args.data) / "ased-speech-16k", ASED_TRAIN_SPEAKERS)
+    clip_pool = correction_pool(Path(args.data), args.pool)
     report = {
         "base_model": args.base_model,
         "base_version": base.version,
         "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "adaptation_speakers": list(ASED_TRAIN_SPEAKERS),
+        "setting": setting(args),
+        "adaptation_speakers": list(ASED_TRAIN_SPEAKERS if args.pool == POOLS[0] else SPEECH_TRAIN_ACTORS),
         "scoring_speakers": list(ASED_TEST_SPEAKERS),
-        "crowd": {"annotators": dict(CROWD), "votes_per_clip": VOTES_PER_CLIP, "gold_share": GOLD_SHARE},
+        "crowd": {
+            "annotators": {a.name: "hostile" if a.hostile else "honest" for a in crowd(args.population)},
+            "votes_per_clip": VOTES_PER_CLIP,
+            "gold_share": GOLD_SHARE,
+        },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
         "base_unseen_speakers": base_unseen,
         "runs": done,
     }
     log.info("v1 on %d clips of unseen ASED speakers: UAR %.3f", base_unseen["n"], base_unseen["uar"])
     for seed in seeds:
-        order = np.random.default_rng([seed, 2026]).permutation(len(pool))
+        order = np.random.default_rng([seed, 2026]).permutation(len(clip_pool))
         for n in sizes:
             if any(r["seed"] == seed and r["corrections"] == n for r in done):
                 continue
-            clips, work = [pool[i] for i in order[:n]], out / f"seed{seed}" / f"n{n}"
+            clips, work = [clip_pool[i] for i in order[:n]], work_folder(args, seed, n)
             shutil.rmtree(work, ignore_errors=True)  # a run stopped half-way starts again
             started = time.perf_counter()
             result = one_run(args, work, clips, load_clips(clips), base, scoring, seed)
@@ -322,12 +453,15 @@ def main(argv: list[str] | None = None) -> dict:
             report["curve"] = curve(report["runs"], base_unseen)
             write(json_path, report)
             log.info(
-                "seed %d, %d corrections: UAR %.3f (v1 %.3f), gate %s, %.0f s",
+                "seed %d, %d corrections (%s): UAR %.3f (v1 %.3f), training labels %.3f right, gate %s (%s), %.0f s",
                 seed,
                 n,
+                tag or "default",
                 result["unseen_speakers"]["uar"],
                 base_unseen["uar"],
+                result["training_labels"]["all_clips"]["accuracy"],
                 "promoted" if result["gate"]["promote"] else "rejected",
+                result["gate"]["reason"],
                 time.perf_counter() - started,
             )
     print(json.dumps(report, indent=2, default=str))

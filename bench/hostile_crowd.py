@@ -26,6 +26,8 @@ for contrast, on the poisoned copy's held-out labels (no defence at all). Caveat
 RAVDESS actors 1-16 (and ASED train speakers), so it already knows these clips: no challenger, honest or not, can
 gain much on them, and the superiority test cannot promote here; what the bench shows is whether poisoned labels
 move the challenger and whether the dev-set checks or the held-out slice catch it.
+The informative setting (a base model that never saw the clips: v1 + ASED) is bench/adapt_ased.py with
+--population NAME [--poisoned], which imports this file's populations (`pool`) and `undefended_copy`.
 
     # ~25 min on 2 busy CPU cores (5 populations, 100 clips, one 1-epoch retrain each, ~70 s of training)
     python bench/hostile_crowd.py --json runs/bench/hostile_crowd.json
@@ -52,7 +54,6 @@ sys.path.insert(0, str(ROOT))
 
 from backend.labels import LABELS  # noqa: E402
 from backend.media import encode_wav  # noqa: E402
-from bench.adapt_ased import gate_figures, retrain_command, run_retrain, vote_for, write  # noqa: E402
 from bench.report import emit  # noqa: E402
 from labeling import dawid_skene  # noqa: E402
 from labeling.aggregate import (  # noqa: E402
@@ -86,6 +87,11 @@ class Annotator:
     name: str
     hostile: bool
     answer: Answer
+
+
+def vote_for(truth: int, noise: float, rng: np.random.Generator) -> str:
+    """The true label, or with probability `noise` a uniformly random label (which may be the true one)."""
+    return LABELS[int(rng.integers(len(LABELS))) if rng.random() < noise else truth]
 
 
 def group_wrong(clip_id: str, truth: int) -> str:
@@ -268,6 +274,7 @@ class Judge:
     def decide(self, challenger_dir: Path, helds: dict[str, list]) -> dict:
         """The gate's decision on the challenger for each named held-out slice (dev sets scored once)."""
         from backend.model import EmotionModel
+        from bench.adapt_ased import gate_figures  # here, not at the top: adapt_ased imports this module
         from train.gate import CORRECTIONS, decide, evaluate_corrections, evaluate_dev
 
         challenger = EmotionModel.from_pretrained(challenger_dir, cache=self.settings.cache, device="cpu")
@@ -282,6 +289,8 @@ class Judge:
 
 def gate_row(args: argparse.Namespace, judge: Judge, work: Path, wavs: list[bytes], preds: list[dict] | None) -> dict:
     """Train a challenger on the poisoned majority labels, then let the gate judge it."""
+    from bench.adapt_ased import retrain_command, run_retrain  # here, not at the top: adapt_ased imports us
+
     undefended_copy(work / "crowd.db", work / "studio.db", wavs, preds)
     summary, seconds = run_retrain(retrain_command(args, work, args.seed), work)
     helds = {"store_labels": judge.held(work / "crowd.db"), "poisoned_labels": judge.held(work / "studio.db")}
@@ -334,6 +343,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from bench.adapt_ased import write  # here, not at the top: adapt_ased imports this module
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     clips = choose_clips(Path(args.data), args.clips, args.seed)
