@@ -13,7 +13,7 @@ Two more scenarios (issue 16), each printed beside the same requests on an unloa
     python bench/serve.py --scenario hol --long-minutes 10 --asr
 
 crowd: annotators vote (one /vote a `think` seconds after the last answer) while clients predict 4 s clips back
-to back; vote latency with and without the predicting clients. hol (head of line): text-only and 4 s clip
+to back; vote latency with and without the predicting clients, and of one annotator alone. hol (head of line): text-only and 4 s clip
 requests sent one after another while a long clip is analysed, against the same requests alone.
 """
 
@@ -321,8 +321,14 @@ def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: 
     if args.scenario == "crowd":
         loaded = crowd(url, clips, args.annotators, args.predictors, args.seconds, args.think, "a")
         alone = crowd(url, clips, args.annotators, 0, args.seconds, args.think, "b")
+        one = crowd(url, clips, 1, 0, args.seconds, args.think, "c")  # the floor: one vote at a time, nothing else
         predict_alone = crowd(url, clips, 0, args.predictors, args.seconds, args.think)
-        return {"with_predictors": loaded, "annotators_alone": alone, "predictors_alone": predict_alone}
+        return {
+            "with_predictors": loaded,
+            "annotators_alone": alone,
+            "one_annotator": one,
+            "predictors_alone": predict_alone,
+        }
     if args.scenario == "hol":
         return head_of_line(url, clips, args.long_minutes, args.rounds, folder)
     return {"runs": [drive(url, clips, int(n), args.rounds, args.timeout) for n in args.clients.split(",")]}
