@@ -149,3 +149,28 @@ def test_build_inputs_per_branch_with_seeded_augmentation(shared_data: Path) -> 
     assert torch.equal(inputs["face"], again["face"])
     plain, _ = build_inputs(rows, ("speech",), cpu)
     assert np.array_equal(plain["speech"][0].numpy(), rows[0].audio[: 30 * 16_000])  # evaluation: no augmentation
+
+
+def test_replay_targets_mix_the_champions_probabilities(shared_data: Path, tiny_model_dir: Path) -> None:
+    from backend.branches import face_eval_logits, speech_forward_batched, text_forward
+    from backend.model import EmotionModel
+
+    model = EmotionModel.from_pretrained(tiny_model_dir, cache=tiny_model_dir / "cache")
+    pool = ReplayPool.load(shared_data, ("speech", "text", "face"), limit=5, seed=0)
+    plain = {m: pool.sample(m, 5, np.random.default_rng(3)) for m in ("speech", "text", "face")}
+    pool.attach_teacher(model, 0.0)  # alpha 0: labels only, no teacher computed
+    assert not pool.teacher and all(it.target.max() == 1.0 for it in plain["text"])
+    pool.attach_teacher(model, 0.8)
+    with torch.inference_mode():
+        expected = {
+            "speech": speech_forward_batched(model, [pool._wave(i) for i in range(5)]),
+            "text": text_forward(model, [t for t, _ in pool.text])[0],
+            "face": face_eval_logits(model, pool.face[0]),
+        }
+    for modality, logits in expected.items():
+        teacher = logits.float().softmax(-1).numpy()
+        assert np.allclose(pool.teacher[modality], teacher, atol=1e-5)
+        for before, after in zip(plain[modality], pool.sample(modality, 5, np.random.default_rng(3))):
+            i = int(after.clip_id.rsplit(":", 1)[1])
+            assert np.allclose(after.target, 0.2 * before.target + 0.8 * teacher[i], atol=1e-6)
+            assert abs(after.target.sum() - 1.0) < 1e-5

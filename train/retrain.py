@@ -104,9 +104,9 @@ class RetrainConfig:
     seed: int = 0
     epochs: int = 8
     batch_size: int = 16
-    replay_per_batch: int = 16
+    replay_per_batch: int = 48
     replay_limit: int = 0
-    replay_distill: float = 0.5
+    replay_distill: float = 0.8
     grad_accum: int = 1
     lr: float = 3e-4
     lora_lr: float = 1e-4
