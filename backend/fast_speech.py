@@ -118,7 +118,7 @@ class FastSpeech:
             self.layers = [fast_layer(layer, dtype) for layer in encoder.layers]
             self.final_ln = (encoder.layer_norm.weight.detach().to(dtype), encoder.layer_norm.bias.detach().to(dtype))
         self.head = model.heads.speech_head
-        self.mix = self.head.layer_logits.detach().float().softmax(0)
+        self.mix = self.head.layer_logits.detach().float().softmax(0).tolist()  # Python floats: no device sync
         self.graphs_enabled = graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = None
@@ -137,15 +137,14 @@ class FastSpeech:
         x = nn.functional.gelu(nn.functional.conv1d(mel, *self.conv1, padding=1))
         x = nn.functional.gelu(nn.functional.conv1d(x, *self.conv2, stride=2, padding=1)).transpose(1, 2)
         x = x + self.positions[: x.shape[1]]
-        mix = self.mix.to(x.device)
-        acc = mix[0] * x.float()
+        acc = x * self.mix[0]  # the head's layer mix, summed in place as the layers run (no 7-state stack)
         attn_mask = None if unpadded_ok and bool(mask.all()) else mask[:, None, None, :]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = self._layer(x, layer, attn_mask)
             state = nn.functional.layer_norm(x, x.shape[-1:], *self.final_ln, self.eps) if i == last else x
-            acc = acc + mix[i + 1] * state.float()
-        return self.head.from_mixed(acc, mask)
+            acc.add_(state, alpha=self.mix[i + 1])
+        return self.head.from_mixed(acc.float(), mask)
 
     def _layer(self, x: torch.Tensor, w: FastLayer, attn_mask: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape

@@ -29,7 +29,7 @@ class Settings:
     data_dir: Path = field(default_factory=_default_data)  # SQLite file and consented media
     db_path: Path | None = None  # default: data_dir / "studio.db"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    fast_speech: bool = True  # CUDA: merged bf16 speech branch + CUDA graphs (backend.fast_speech); off: autocast path
+    fast_speech: bool = True  # merged speech branch (backend.fast_speech): bf16 + CUDA graphs on GPU, fp32 on CPU
     cudnn_attention: bool = False  # on: 4-26% faster for bulk jobs of one clip length, slow on every new length
     max_audio_seconds: float = 600.0
     max_upload_mb: float = 200.0

@@ -46,7 +46,15 @@ case "$1" in
       --batches 1,64,256,1024 --seconds 4,30 --naive-max-batch 16 --budget-s 1 --accuracy-data "$STASH/data" \
       --profile --out "$OUT/infer_gpu3.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu3.log"
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -4
-    python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py tests/test_batch_equals_single.py 2>&1 | tail -4 ;;
+    EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py 2>&1 | tail -4 ;;
+  infer4)  # after the first infer3: ours and the plain anchor only, the CUDA test, CTranslate2's CUDA status
+    bash train/device_job.sh deps && setup
+    python3 bench/inference.py --model /root/model --device cuda --impls ours,plain,plain30 --batches 1,256,1024 \
+      --seconds 4,30 --budget-s 1 --out "$OUT/infer_gpu4.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu4.log"
+    EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py 2>&1 | tail -3
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site "$STASH"/ct2/*.whl && python3 -c \
+      "import ctranslate2; from backend.asr import ct2_cuda_status; print('ctranslate2', ctranslate2.__version__, 'CUDA devices', ctranslate2.get_cuda_device_count(), '->', ct2_cuda_status())"
+    ls /opt/torch/.venv/lib/python3.12/site-packages/nvidia 2>/dev/null | tr '\n' ' ' ;;
   train)
     setup
     EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \

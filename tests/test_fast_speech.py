@@ -6,6 +6,8 @@ graphed bf16 path must match its own eager run and stay within bf16 distance of 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -27,7 +29,9 @@ def clips(seed: int, sizes: tuple[int, ...]) -> list[np.ndarray]:
 
 
 def load_default(device: str = "cpu") -> EmotionModel:
-    return EmotionModel.from_pretrained(DEFAULT_MODEL_DIR, cache=load_settings().cache, device=device).eval()
+    """The shipped model; EMO_TEST_MODEL: a copy whose config points at local backbones (the offline GPU box)."""
+    folder = os.environ.get("EMO_TEST_MODEL", str(DEFAULT_MODEL_DIR))
+    return EmotionModel.from_pretrained(folder, cache=load_settings().cache, device=device).eval()
 
 
 @pytest.fixture(scope="module")
