@@ -3,6 +3,7 @@ publication the app can load, what trains and what stays frozen, logs, and clear
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -97,6 +98,9 @@ def test_only_the_heads_and_adapters_of_branches_with_data_train(
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.startswith(("heads.speech_head.", "heads.projections.speech.")) for n in trainable)
     assert sum(len(g["params"]) for g in groups) == len(trainable)
+    frozen = trainable_groups(model, ("text",), dataclasses.replace(config, lora_lr=0.0))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert len(frozen) == 1 and trainable and not [n for n in trainable if ".lora_" in n]  # heads only
 
 
 def test_an_empty_store_is_refused_with_a_message(tmp_path, tiny_model_dir, tiny_backbones, shared_data, capsys):

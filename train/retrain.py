@@ -165,6 +165,7 @@ HELP = {
     "replay_distill": "share of the champion's own probabilities in a replayed example's target (0 = labels only)",
     "correction_weight": "scale of a correction's loss relative to a replayed example",
     "fusion_weight": "weight of the fused-prediction loss that trains the gate on multimodal corrections",
+    "lora_lr": "learning rate of the LoRA adapters (0: adapters frozen, only heads train: less drift, faster on CPU)",
     "gate_lr": "learning rate of the fusion gate's biases and confidence slopes (no weight decay)",
     "min_eval_votes": "votes a held-out clip needs (with a majority) to be judged on; gold always counts",
     "holdout": "share of corrections held out for the gate, chosen by a hash of (clip id, rotation)",
@@ -333,6 +334,8 @@ def trainable_groups(
     for name, param in model.named_parameters():
         adapter = ".lora_" in name
         if not name.startswith(prefixes) or (name.startswith(("speech_encoder.", "text_encoder.")) and not adapter):
+            continue
+        if adapter and config.lora_lr <= 0:  # adapters frozen: nothing back-propagates into the encoders
             continue
         param.requires_grad_(True)
         (gate if name.startswith("heads.gate.") else adapters if adapter else heads).append(param)
