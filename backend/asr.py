@@ -32,7 +32,7 @@ import torch
 
 from backend import whisper_convert
 from backend.errors import ModelError
-from backend.speech import HOP_LENGTH, N_FRAMES, N_SAMPLES, SpeechBackbone, log_mel
+from backend.speech import HOP_LENGTH, N_FRAMES, SpeechBackbone, log_mel, whisper_pieces
 from backend.types import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -82,17 +82,6 @@ def features(pieces: list[np.ndarray], frames: int) -> np.ndarray:
         clip = torch.as_tensor(np.asarray(piece, dtype=np.float32).reshape(-1)[: frames * HOP_LENGTH])
         wave[row, : len(clip)] = clip
     return log_mel(wave, 80).numpy()
-
-
-def _split(audio: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
-    """30 s pieces of every clip and the clip each belongs to."""
-    pieces, owners = [], []
-    for index, clip in enumerate(audio):
-        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
-        for start in range(0, max(len(clip), 1), N_SAMPLES):
-            pieces.append(clip[start : start + N_SAMPLES])
-            owners.append(index)
-    return pieces, owners
 
 
 def _prompt(engine: Ct2Whisper, encoded: Any, language: str | None, batch: int) -> list[list[int]]:
@@ -163,7 +152,7 @@ def ct2_transcribe(
     batch_size: int = 8,
 ) -> list[str]:
     """One stripped transcript per clip; clips over 30 s are transcribed in 30 s pieces, texts joined."""
-    pieces, owners = _split(audio)
+    pieces, owners = whisper_pieces(audio)
     order = sorted(range(len(pieces)), key=lambda k: padded_frames(len(pieces[k])))
     texts: list[str] = [""] * len(pieces)
     group: list[int] = []

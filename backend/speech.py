@@ -357,6 +357,17 @@ def _ssl_states(backbone: SpeechBackbone, audio: Audio, loudness: bool = False) 
     return states, mask
 
 
+def whisper_pieces(audio: list[np.ndarray]) -> tuple[list[np.ndarray], list[int]]:
+    """30 s pieces of every clip (Whisper's window) and the clip each belongs to; ASR joins their texts."""
+    pieces, owners = [], []
+    for index, clip in enumerate(audio):
+        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
+        for start in range(0, max(len(clip), 1), N_SAMPLES):
+            pieces.append(clip[start : start + N_SAMPLES])
+            owners.append(index)
+    return pieces, owners
+
+
 def transcribe(
     backbone: SpeechBackbone,
     audio: list[np.ndarray],
@@ -368,12 +379,7 @@ def transcribe(
     texts are joined. language None: Whisper detects it per piece (multilingual models)."""
     if backbone.kind != "whisper" or not backbone.has_asr:
         raise ModelError("this speech backbone has no ASR")
-    pieces, owners = [], []
-    for index, clip in enumerate(audio):
-        clip = np.asarray(clip, dtype=np.float32).reshape(-1)
-        for start in range(0, max(len(clip), 1), N_SAMPLES):
-            pieces.append(clip[start : start + N_SAMPLES])
-            owners.append(index)
+    pieces, owners = whisper_pieces(audio)
     texts = []
     for start in range(0, len(pieces), batch_size):
         texts += _generate(backbone, pieces[start : start + batch_size], language, max_new_tokens)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
-from bench.serve import call, figures, free_port, seed, start_app, wait_up  # noqa: E402
+from bench.serve import figures, free_port, seed, start_app, timed, wait_up  # noqa: E402
 from train.corpora import ravdess, shared_data_dir  # noqa: E402
 
 LABELS3 = ("sad", "happy", "angry")
@@ -67,7 +67,7 @@ def annotator(url: str, name: str, stop: float, think: float, timeout: float, at
         for attempt in range(attempts):
             box: list = []  # this attempt's answer (a timed-out attempt may still finish into its own box)
             try:
-                call(lambda box=box, ask=ask: box.append(client.predict(**ask, api_name="/vote")), timeout)
+                timed(lambda box=box, ask=ask: box.append(client.predict(**ask, api_name="/vote")), timeout)
                 answer = box[0]
                 break
             except Exception:  # a timeout, a dropped connection, 'busy, try again': the same call again

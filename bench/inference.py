@@ -118,14 +118,13 @@ class PlainEncoder:
     def __init__(self, model: EmotionModel, pad30: bool = False) -> None:
         import copy
 
-        from backend.lora import lora_disabled
+        from backend.lora import LoRALinear
 
         self.device, self.pad30 = model.device, pad30
-        with lora_disabled(model.speech.model):
-            encoder = copy.deepcopy(model.speech.model.get_encoder())
-        for module in list(encoder.modules()):  # the base Linear of every LoRA wrap, unwrapped
+        encoder = copy.deepcopy(model.speech.model.get_encoder())
+        for module in list(encoder.modules()):  # the pretrained Linear inside every LoRA wrap, unwrapped
             for child_name, child in list(module.named_children()):
-                if hasattr(child, "lora_A"):
+                if isinstance(child, LoRALinear):
                     setattr(module, child_name, child.base)
         dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         self.encoder = encoder.to(self.device, dtype).eval()
@@ -144,7 +143,7 @@ class PlainEncoder:
 
 
 class OursSpeech:
-    """The project's Predictor on audio-only samples (fast: backend.fast_speech on CUDA; off: the autocast path)."""
+    """The project's Predictor on audio-only samples (fast: backend.fast_speech; off: the reference path)."""
 
     def __init__(self, model: EmotionModel, fast: bool = True) -> None:
         settings = load_settings(asr=False, timeline_min_seconds=1e9, fast_speech=fast)

@@ -107,7 +107,7 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
             return
         for r in range(rounds):
             clip = clips[(i * rounds + r) % len(clips)]
-            for name, call in (
+            for name, fn in (
                 ("predict", lambda clip=clip: client.predict(audio=handle_file(str(clip)), api_name="/predict")),
                 (
                     "vote",
@@ -117,25 +117,10 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
                     ),
                 ),
             ):
-                t0 = time.perf_counter()
                 try:
-                    box: list[BaseException] = []
-
-                    def run_call(call=call, box=box) -> None:
-                        try:
-                            call()
-                        except BaseException as exc:
-                            box.append(exc)
-
-                    job = threading.Thread(target=run_call, daemon=True)
-                    job.start()
-                    job.join(timeout)
-                    if job.is_alive():
-                        raise TimeoutError(f"no answer in {timeout} s")
-                    if box:
-                        raise box[0]
+                    seconds = timed(fn, timeout)
                     with lock:
-                        lat[name].append(time.perf_counter() - t0)
+                        lat[name].append(seconds)
                 except Exception as exc:
                     with lock:
                         errors.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
@@ -168,7 +153,7 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
 TEXT = "I am so happy and grateful today, this is wonderful news!"
 
 
-def call(fn: Callable[[], object], timeout: float) -> float:
+def timed(fn: Callable[[], object], timeout: float) -> float:
     """Seconds fn() took; TimeoutError after `timeout` (the call is left running in a daemon thread)."""
     box: list[BaseException] = []
 
@@ -214,7 +199,7 @@ def crowd(
 
     def record(name: str, fn: Callable[[], object], timeout: float = 120.0) -> None:
         try:
-            took = call(fn, timeout)
+            took = timed(fn, timeout)
             with lock:
                 lat[name].append(took)
         except Exception as exc:
@@ -282,8 +267,8 @@ def probe_requests(client, short: Path, rounds: int, until: Callable[[], bool] |
     for r in range(rounds):
         if until is not None and until():
             break
-        lat["text_only"].append(call(lambda r=r: client.predict(text=f"{TEXT} ({r})", api_name="/predict"), 120))
-        lat["short_clip"].append(call(lambda: client.predict(audio=handle_file(str(short)), api_name="/predict"), 120))
+        lat["text_only"].append(timed(lambda r=r: client.predict(text=f"{TEXT} ({r})", api_name="/predict"), 120))
+        lat["short_clip"].append(timed(lambda: client.predict(audio=handle_file(str(short)), api_name="/predict"), 120))
     return lat
 
 
@@ -300,7 +285,9 @@ def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folde
 
     def analyse_long() -> None:
         try:
-            done["seconds"] = call(lambda: long_client.predict(audio=handle_file(str(path)), api_name="/predict"), 3600)
+            done["seconds"] = timed(
+                lambda: long_client.predict(audio=handle_file(str(path)), api_name="/predict"), 3600
+            )
         except Exception as exc:
             done["error"] = f"{type(exc).__name__}: {exc}"[:300]
 

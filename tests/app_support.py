@@ -11,8 +11,10 @@ backbones in the wheels with untrained heads (the lead switches the tests to the
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,3 +67,34 @@ def studio() -> Iterator[object]:
         app.get_store().close()
         app.get_settings.cache_clear()
         app.get_store.cache_clear()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def launched(studio, load_model: bool = True) -> Iterator[str]:
+    """The app's Blocks served on a free local port, as `python app.py` serves it; yields its URL."""
+    if load_model:
+        studio.get_predictor()  # the model loads before the first request, as under `python app.py`
+    demo = studio.build_demo()
+    options = studio.launch_options(studio.get_settings())
+    _, url, _ = demo.launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **options
+    )
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+def seed_tone(studio, freq: float) -> str:
+    """A consented 0.6 s tone clip in the app's store (something to serve and vote on); its clip id."""
+    from backend.media import encode_wav
+    from tests.nasty_files import tone
+
+    data = encode_wav(tone(0.6, freq=freq)[:, 0])
+    return studio.get_store().add_clip(data, ext=".wav", modalities=["speech"], duration=0.6, consent=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import socket
 import sqlite3
 from pathlib import Path
 
@@ -17,19 +16,12 @@ import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from backend.media import encode_wav
 from backend.ratelimit import RateLimiter
-from tests.app_support import ADMIN_TOKEN, studio  # noqa: F401  (module fixture)
+from tests.app_support import ADMIN_TOKEN, launched, seed_tone, studio  # noqa: F401  (module fixture)
 from tests.nasty_files import tone, wav_bytes
 
 pytestmark = pytest.mark.slow
 HF_SECRET = "hf_FAKEsecretTOKENforTHEaccessTEST0123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -37,18 +29,8 @@ def server(studio):  # noqa: F811
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_TOKEN", HF_SECRET)
         mp.setattr(studio, "get_limiter", lambda: RateLimiter(0))
-        demo = studio.build_demo()
-        options = studio.launch_options(studio.get_settings())
-        _, url, _ = demo.launch(
-            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **options
-        )
-        yield url
-        demo.close()
-
-
-def seed(studio, freq: float) -> str:  # noqa: F811
-    data = encode_wav(tone(0.6, freq=freq)[:, 0])
-    return studio.get_store().add_clip(data, ext=".wav", modalities=["speech"], duration=0.6, consent=True)
+        with launched(studio, load_model=False) as url:
+            yield url
 
 
 @pytest.mark.parametrize("api", ["/export", "/retrain", "/delete_clip", "/delete_annotator"])
@@ -73,7 +55,7 @@ def test_admin_actions_are_off_without_a_configured_token(studio, monkeypatch): 
 
 
 def test_blind_labelling_shows_no_other_votes_through_the_api(server, studio):  # noqa: F811
-    clip = seed(studio, 611.0)
+    clip = seed_tone(studio, 611.0)
     store = studio.get_store()
     store.vote(clip, "name:alice-secret", ["angry"], note="alice's private note")
     store.add_prediction(clip, "v-secret", {"angry": 0.8765, "sad": 0.1235})
@@ -107,7 +89,7 @@ def test_uploaded_file_names_never_reach_a_path(server, studio, tmp_path):  # no
 
 
 def test_media_is_served_only_through_a_clip_the_queue_handed_out(server, studio):  # noqa: F811
-    clip = seed(studio, 733.0)
+    clip = seed_tone(studio, 733.0)
     stored = studio.get_store().media_path(clip)
     direct = httpx.get(f"{server}gradio_api/file={stored}", timeout=30)
     assert direct.status_code == 403  # the media folder is blocked: guessing a path gets nothing
@@ -128,8 +110,8 @@ def test_tokens_never_appear_in_logs_errors_pages_or_exports(server, studio, cap
     caplog.set_level(logging.DEBUG)
     client = Client(server, verbose=False)
     texts = []
-    seed(studio, 811.0)
-    studio.get_store().vote(seed(studio, 877.0), "name:dave", ["sad"])
+    seed_tone(studio, 811.0)
+    studio.get_store().vote(seed_tone(studio, 877.0), "name:dave", ["sad"])
     for token in (ADMIN_TOKEN[:-1], HF_SECRET, "nope"):
         for api in ("/export", "/retrain", "/delete_clip"):
             with pytest.raises(AppError) as refused:

@@ -8,7 +8,6 @@ converted to 48 kHz stereo, as browsers record. Screenshots go to tests/artifact
 from __future__ import annotations
 
 import json
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from gradio_client.exceptions import AppError
 
 from backend.labels import LABELS
 from backend.media import encode_wav, load_audio
-from tests.app_support import studio  # noqa: F401  (module fixture)
+from tests.app_support import launched, studio  # noqa: F401  (module fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -35,12 +34,6 @@ MIC_CLIP = "ravdess-speech-16k/Actor_01/03-01-03-02-01-01-01.flac"  # happy, str
 SEED_CLIP = "ravdess-speech-16k/Actor_04/03-01-04-02-01-01-04.flac"  # sad: a consented clip in the queue
 LABEL_TIMEOUT_MS = 120_000
 TIMINGS: dict[str, float] = {}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def db_rows(app, sql: str, *params) -> list[tuple]:
@@ -56,14 +49,8 @@ def seed_clip(app, shared: Path, rel: str = SEED_CLIP) -> str:
 
 @pytest.fixture(scope="module")
 def server(studio):  # noqa: F811
-    studio.get_predictor()  # the model loads before the first request, as under `python app.py`
-    demo = studio.build_demo()
-    options = studio.launch_options(studio.get_settings())
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **options
-    )
-    yield url
-    demo.close()
+    with launched(studio) as url:
+        yield url
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "timings.json").write_text(json.dumps(TIMINGS, indent=2) + "\n")
 

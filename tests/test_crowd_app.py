@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures as futures
 import hashlib
 import json
-import socket
 import stat
 import struct
 import zlib
@@ -23,10 +22,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from backend.labels import LABELS
-from backend.media import encode_wav
 from backend.ratelimit import RateLimiter
-from tests.app_support import ADMIN_TOKEN, studio  # noqa: F401  (module fixture)
-from tests.nasty_files import tone
+from tests.app_support import ADMIN_TOKEN, launched, seed_tone, studio  # noqa: F401  (module fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
@@ -51,29 +48,12 @@ ALIVE_JS = """() => ({
 })"""
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(studio):  # noqa: F811
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(studio, "get_limiter", lambda: RateLimiter(0))
-        studio.get_predictor()
-        demo = studio.build_demo()
-        options = studio.launch_options(studio.get_settings())
-        _, url, _ = demo.launch(
-            server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **options
-        )
-        yield url
-        demo.close()
-
-
-def seed_audio(studio, freq: float) -> str:  # noqa: F811
-    data = encode_wav(tone(0.6, freq=freq)[:, 0])
-    return studio.get_store().add_clip(data, ext=".wav", modalities=["speech"], duration=0.6, consent=True)
+        with launched(studio) as url:
+            yield url
 
 
 def start(client: Client, name: str, key: str = "") -> tuple[str, str]:
@@ -92,7 +72,7 @@ def votes_of(studio, annotator: str) -> list[tuple[str, str]]:  # noqa: F811
 
 def test_a_retried_vote_with_its_key_returns_the_first_result(server, studio):  # noqa: F811
     for freq in (301.0, 302.0):
-        seed_audio(studio, freq)
+        seed_tone(studio, freq)
     client = Client(server, verbose=False)
     _, clip_a = start(client, "retrier")
     ask = {"labels": ["sad"], "unsure": False, "note": "", "clip_id": clip_a, "vote_key": "retrier-vote-1"}
@@ -107,14 +87,14 @@ def test_a_retried_vote_with_its_key_returns_the_first_result(server, studio):  
 
 def test_a_retry_without_a_key_still_lands_on_its_own_clip(server, studio):  # noqa: F811
     for freq in (303.0, 304.0):
-        seed_audio(studio, freq)
+        seed_tone(studio, freq)
     client = Client(server, verbose=False)
     _, clip_a = start(client, "keyless")
     ask = {"labels": ["angry"], "unsure": False, "note": "", "clip_id": clip_a}
     client.predict(**ask, api_name="/vote")
     client.predict(**ask, api_name="/vote")
     assert votes_of(studio, "name:keyless") == [(clip_a, '["angry"]')]
-    stranger = seed_audio(studio, 305.0)
+    stranger = seed_tone(studio, 305.0)
     with pytest.raises(AppError, match="not handed to you"):
         client.predict(labels=["sad"], unsure=False, note="", clip_id=stranger, api_name="/vote")
 
@@ -123,7 +103,7 @@ def test_a_retry_without_a_key_still_lands_on_its_own_clip(server, studio):  # n
 
 
 def test_typing_someone_elses_name_is_refused_without_their_key(server, studio):  # noqa: F811
-    seed_audio(studio, 311.0)
+    seed_tone(studio, 311.0)
     alice = Client(server, verbose=False)
     key, clip = start(alice, "alice-17")
     assert len(key) >= 20
@@ -161,7 +141,7 @@ def test_the_retraining_log_is_for_admins_only(server, studio):  # noqa: F811
 
 
 def test_served_copies_are_private_and_go_with_the_clip(server, studio):  # noqa: F811
-    clip = seed_audio(studio, 321.0)
+    clip = seed_tone(studio, 321.0)
     client = Client(server, verbose=False, download_files=False)
     answer = None
     for _ in range(40):  # walk this annotator's queue until the clip comes up

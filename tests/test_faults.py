@@ -28,6 +28,7 @@ from backend.media import encode_wav
 from labeling import service
 from labeling.errors import StoreError
 from labeling.store import Store
+from tests.app_support import free_port
 from tests.nasty_files import is_clear, tone
 
 REPO = Path(__file__).resolve().parents[1]
@@ -36,12 +37,6 @@ import sys, app
 demo = app.build_demo()
 demo.launch(server_name="127.0.0.1", server_port=int(sys.argv[1]), quiet=True, **app.launch_options(app.get_settings()))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_app(data_dir: Path, port: int) -> subprocess.Popen:

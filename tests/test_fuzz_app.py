@@ -8,7 +8,6 @@ acknowledged vote. EMO_FUZZ=long raises the budgets (bench/fuzz.py drives the lo
 from __future__ import annotations
 
 import concurrent.futures as futures
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from backend.settings import load_settings
 from labeling import service
 from labeling.errors import StoreError
 from labeling.store import Store
-from tests.app_support import ADMIN_TOKEN, studio  # noqa: F401  (module fixture)
+from tests.app_support import ADMIN_TOKEN, free_port, launched, studio  # noqa: F401  (module fixture)
 from tests.fuzz_support import SCALE, TEXTS, budget
 from tests.nasty_files import TWO_GB, build_corpus, is_clear, nasty_texts, tone
 
@@ -106,22 +105,10 @@ def test_ids_from_the_outside_never_reach_a_path_or_sql(store, clip_id, annotato
 # ------------------------------------------------------------------------------------------ the running app
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(studio):  # noqa: F811
-    studio.get_predictor()
-    demo = studio.build_demo()
-    options = studio.launch_options(studio.get_settings())
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True, **options
-    )
-    yield url
-    demo.close()
+    with launched(studio) as url:
+        yield url
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ stopping must run the full analysis. The screenshot goes to tests/artifacts/anal
 from __future__ import annotations
 
 import json
-import socket
 import tempfile
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from gradio_client import Client, handle_file
 
 from backend.labels import LABELS
 from bench.streaming import BROWSER_RATE, as_browser, make_recording
-from tests.app_support import studio  # noqa: F401  (module fixture)
+from tests.app_support import launched, studio  # noqa: F401  (module fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -28,12 +27,6 @@ CHROMIUM = "/usr/bin/chromium"
 EXPECTED = ["angry", "sad", "happy"]
 CHUNK_S = 0.5
 TIMEOUT_MS = 120_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def collapse(labels: list[str]) -> list[str]:
@@ -59,17 +52,8 @@ def recording(shared_data):
 
 @pytest.fixture(scope="module")
 def server(studio):  # noqa: F811
-    studio.get_predictor()
-    demo = studio.build_demo()
-    _, url, _ = demo.launch(
-        server_name="127.0.0.1",
-        server_port=free_port(),
-        prevent_thread_lock=True,
-        quiet=True,
-        **studio.launch_options(studio.get_settings()),
-    )
-    yield url
-    demo.close()
+    with launched(studio) as url:
+        yield url
 
 
 def test_api_live_push_follows_the_emotions_then_full_analysis(server, studio, recording, tmp_path):  # noqa: F811
