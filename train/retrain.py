@@ -17,8 +17,10 @@ LoRA adapters of the branches with data train; the backbones stay frozen. The co
 hash of (clip, rotation): training, calibration (15%: the trained branches' temperatures and the fusion gate are
 refitted on it plus a hold-back of replay examples, train.recalibrate; ECE before/after in the summary) and the
 gate's held-out slice (20%); the rotation is the number of runs the store has recorded, so each run is judged on
-a fresh slice. The gate (train.gate: paired tests, see there) then compares challenger and champion and records
-its decision, figures and intervals in the store; a promoted model is published (train.publish).
+a fresh slice. Before recalibration, --merge < 1 pulls the trained weights back toward the champion's (a
+weight-space ensemble, WiSE-FT: most of the gain, less forgetting of the base corpora). The gate (train.gate:
+paired tests, see there) then compares challenger and champion and records its decision, figures and intervals
+in the store; a promoted model is published (train.publish).
 --out holds retrain_config.json, data_manifest.json, log.jsonl, checkpoints/step_N/, challenger/, decision.json.
 """
 
@@ -151,6 +153,7 @@ class RetrainConfig:
     text_dev_size: int = 1000
     face_dev_size: int = 1000
     lock: bool = True
+    merge: float = 1.0
 
 
 HELP = {
@@ -191,10 +194,22 @@ HELP = {
     "gate": "judge the challenger and publish a winner (--no-gate: train only)",
     "speech_dev_actors": "RAVDESS actors of the gate's speech dev set, e.g. 17-20 or 19,20",
     "speech_dev_size": "fixed subset sizes of the dev sets (0 = all, -1 = leave out); also --text/--face-dev-size",
+    "merge": "share of the fine-tuned change kept: trained parameters become champion + merge x (trained - champion), "
+    "a weight-space ensemble with the champion (WiSE-FT) that keeps most of the gain and less of the forgetting; "
+    "1 = the trained weights as they are",
 }
 
 
-OPTIONAL_TYPES = {"tolerance": float}  # fields whose default is None but whose values are not text
+def unit_share(text: str) -> float:
+    """argparse type of --merge: a share in [0, 1], refused at the command line rather than after loading."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {text}")
+    return value
+
+
+# fields whose values need more than type(default): a default of None, or a checked range
+FIELD_TYPES = {"tolerance": float, "merge": unit_share}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -209,10 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
         elif isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=HELP.get(f.name))
         else:
-            kind = OPTIONAL_TYPES.get(f.name, type(f.default) if f.default is not None else str)
+            kind = FIELD_TYPES.get(f.name, type(f.default) if f.default is not None else str)
             parser.add_argument(flag, type=kind, default=f.default, help=HELP.get(f.name))
     parser.add_argument("--model", dest="base_model", help=argparse.SUPPRESS)
     return parser
+
+
+def check_config(config: RetrainConfig) -> None:
+    """Refuse values the parser cannot see (a RetrainConfig built in Python) before anything loads."""
+    if not 0.0 <= config.merge <= 1.0:
+        raise RetrainError(f"--merge is the share of the fine-tuned change kept: between 0 and 1, got {config.merge}.")
 
 
 def resolve_settings(config: RetrainConfig) -> Settings:
@@ -346,6 +367,34 @@ def trainable_groups(
     return groups + ([{"params": gate, "lr": config.gate_lr, "weight_decay": 0.0}] if gate else [])
 
 
+def champion_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """CPU float32 copies of the parameters that will train, keyed by name: what --merge interpolates toward.
+    Taken before a checkpoint is resumed, so a resumed run still merges with the champion."""
+    return {n: p.detach().to("cpu", torch.float32, copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def merge_into(
+    model: torch.nn.Module | Iterable[tuple[str, torch.Tensor]], champion: dict[str, torch.Tensor], share: float
+) -> int:
+    """Weight-space ensemble (WiSE-FT) in place: each parameter named in `champion` becomes
+    champion + share * (trained - champion); the others stay as they are. Returns how many were merged.
+
+    LoRA adapters interpolate A and B each linearly, so their product B.A (the actual weight change) is only
+    approximately interpolated: off by share * (1 - share) * dB.dA, second order in the change; accepted.
+    """
+    named = model.named_parameters() if isinstance(model, torch.nn.Module) else model
+    merged = 0
+    for name, param in named:
+        old = champion.get(name)
+        if old is None:
+            continue
+        new = old + share * (param.detach().float().cpu() - old)
+        param.copy_(new.to(param.device, param.dtype))
+        merged += 1
+    return merged
+
+
 def warmup_cosine(optimizer: torch.optim.Optimizer, total: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
     warm = max(1, int(total * warmup))
 
@@ -370,6 +419,7 @@ class Loop:
     data: RetrainData
     params: list[torch.nn.Parameter]
     loss: LossConfig
+    champion: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)  # trained params before training
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -487,6 +537,8 @@ def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLo
             store.close()
     data.pool.attach_teacher(model, config.replay_distill)
     groups = trainable_groups(model, data.branches, config, data.fuse)
+    # before prepare and resume_step: a resumed run's weights are a checkpoint's, not the champion's
+    champion = champion_weights(model) if config.merge < 1 and accelerator.is_main_process else {}
     fused = accelerator.device.type == "cuda"  # one kernel for all parameters, not a few per tensor
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay, fused=fused)
     scheduler = warmup_cosine(optimizer, config.epochs * math.ceil(len(train_dl) / config.grad_accum), config.warmup)
@@ -497,7 +549,7 @@ def setup(config: RetrainConfig, accelerator: Accelerator) -> tuple[Loop, DataLo
     accelerator.register_save_state_pre_hook(trainable_only)
     params = [p for g in groups for p in g["params"]]
     loss = LossConfig(config.supcon_weight, config.negative_weight, config.temperature, config.hard_weight)
-    loop = Loop(accelerator, config, net, optimizer, scheduler, memory, data, params, loss)
+    loop = Loop(accelerator, config, net, optimizer, scheduler, memory, data, params, loss, champion)
     return loop, train_dl, prepared[4] if eval_dl else None, model
 
 
@@ -572,6 +624,7 @@ def run_epochs(
 
 def train(config: RetrainConfig) -> dict:
     """Fine-tune on the corrections; writes out/challenger and returns the run's summary (JSON-able)."""
+    check_config(config)
     start = time.perf_counter()
     accelerator = make_accelerator(config)
     set_seed(config.seed)
@@ -613,8 +666,12 @@ def train(config: RetrainConfig) -> dict:
         "seconds": round(time.perf_counter() - start, 2),
         "loop": {"loader_workers": loader_workers(config), **clock.figures()},
         "challenger": str(out / "challenger"),
+        "merge": config.merge,
     }
     if accelerator.is_main_process:
+        if config.merge < 1:  # before recalibrating: temperatures and the gate are refitted on the merged model
+            n = merge_into(model, loop.champion, config.merge)
+            log.info("merged %d trained parameters with the champion's, keeping %.2f of the change", n, config.merge)
         if config.recalibrate:
             summary["calibration"] = recalibrate_challenger(config, loop.data, model)
         for branch in loop.data.branches:
