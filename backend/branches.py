@@ -26,9 +26,8 @@ def length_buckets(lengths: list[int], max_batch: int, max_total: float) -> list
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
     groups: list[list[int]] = []
     current: list[int] = []
-    for i in order:
-        longest = max([lengths[j] for j in current] + [lengths[i]])
-        if current and (len(current) >= max_batch or longest * (len(current) + 1) > max_total):
+    for i in order:  # ascending: the clip being added is the group's longest
+        if current and (len(current) >= max_batch or lengths[i] * (len(current) + 1) > max_total):
             groups.append(current)
             current = []
         current.append(i)
@@ -75,14 +74,18 @@ def speech_embed_batched(
     max_batch = max_batch or (GPU_MAX_BATCH if cuda else 32)
     max_seconds = max_seconds or (GPU_MAX_BATCH_SECONDS if cuda else MAX_BATCH_SECONDS)
     lengths = [len(a) for a in audios]
-    out = torch.empty(len(audios), NUM_LABELS, device=model.device)
-    emb = torch.empty(len(audios), model.config.embed_dim, device=model.device)
-    for group in length_buckets(lengths, max_batch, max_seconds * 16_000):
+    groups = length_buckets(lengths, max_batch, max_seconds * 16_000)
+    parts = []  # kept on the device until the end: no host round trip (and no stream sync) between groups
+    for group in groups:
         clips = [audios[i] for i in group]
         logits, e = fast.embed(clips) if fast is not None else speech_forward(model, clips)
-        rows = torch.tensor(group, device=model.device)
-        out[rows], emb[rows] = logits.float(), e.float()
-    return out.cpu(), emb.cpu()
+        parts.append((logits.float(), e.float()))
+    if not parts:
+        return torch.empty(0, NUM_LABELS), torch.empty(0, model.config.embed_dim)
+    order = torch.tensor([i for group in groups for i in group])
+    out, emb = torch.empty(len(audios), NUM_LABELS), torch.empty(len(audios), model.config.embed_dim)
+    out[order], emb[order] = torch.cat([p[0] for p in parts]).cpu(), torch.cat([p[1] for p in parts]).cpu()
+    return out, emb
 
 
 def shifted_speech_logits(model: EmotionModel, emb: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

@@ -125,10 +125,10 @@ class FastSpeech:
 
     # -- the computation -------------------------------------------------------------------------------------
     def _forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded_ok: bool = False
+        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """wave (B, n) float32 zero-padded with >= N_FFT zeros after every clip, lengths (B,) -> logits, emb.
-        unpadded_ok: when no clip has padding frames, attend without a mask (the flash kernel; costs one sync)."""
+        unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel)."""
         if self.loudness:
             wave = normalize_loudness(wave, lengths)
         frames = wave.shape[1] // HOP_LENGTH
@@ -138,7 +138,7 @@ class FastSpeech:
         x = nn.functional.gelu(nn.functional.conv1d(x, *self.conv2, stride=2, padding=1)).transpose(1, 2)
         x = x + self.positions[: x.shape[1]]
         acc = x * self.mix[0]  # the head's layer mix, summed in place as the layers run (no 7-state stack)
-        attn_mask = None if unpadded_ok and bool(mask.all()) else mask[:, None, None, :]
+        attn_mask = None if unpadded else mask[:, None, None, :]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = self._layer(x, layer, attn_mask)
@@ -160,7 +160,8 @@ class FastSpeech:
     def embed(self, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips (1-D arrays, <= 30 s) -> logits (B, 7), embeddings (B, E) float32 on the device."""
         host, lengths = pad_on_host(clips, pin=self.device.type == "cuda")
-        return self(host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True))
+        wave = host.to(self.device, non_blocking=True)
+        return self(wave, lengths.to(self.device, non_blocking=True), host_lengths=lengths)
 
     # -- batching --------------------------------------------------------------------------------------------
     @staticmethod
@@ -170,8 +171,11 @@ class FastSpeech:
         return min(N_FRAMES, math.ceil(frames / FRAME_BUCKET) * FRAME_BUCKET)
 
     @torch.inference_mode()
-    def __call__(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A zero-padded batch on the device (B, n), lengths (B,) -> logits (B, 7), embeddings (B, E) float32."""
+    def __call__(
+        self, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A zero-padded batch on the device (B, n), lengths (B,) -> logits (B, 7), embeddings (B, E) float32.
+        host_lengths: the same lengths on the CPU, if the caller has them (saves a device sync per batch)."""
         b, n = wave.shape
         if n > N_SAMPLES:
             raise ValueError(f"Whisper's encoder takes at most 30 s; split clips of {n} samples")
@@ -183,7 +187,9 @@ class FastSpeech:
                 return logits[:b].float(), emb[:b].float()
             frames = padded_frames(n)  # big batches: trimmed to the longest clip, as speech_forward does
             wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - n))
-            logits, emb = self._forward(wave, lengths, unpadded_ok=True)
+            known = lengths if host_lengths is None else host_lengths  # device lengths: .all() waits for the GPU
+            unpadded = bool((valid_frames(known, frames) >= frames // 2).all())
+            logits, emb = self._forward(wave, lengths, unpadded=unpadded)
             return logits.float(), emb.float()
 
     def _capture(self, size: int, frames: int) -> _Graph:

@@ -194,12 +194,15 @@ def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False)
     """
     arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in clips]
     sizes = [len(a) for a in arrays]
-    host = torch.empty(len(arrays), max(sizes), pin_memory=pin and torch.cuda.is_available())
+    pin = pin and torch.cuda.is_available()
+    host = torch.empty(len(arrays), max(sizes), pin_memory=pin)
     view = host.numpy()
     for row, a in zip(view, arrays):  # each row written once: the clip, then zeros (no memset of the whole buffer)
         row[: len(a)] = a
         row[len(a) :] = 0.0
-    return host, torch.tensor(sizes, dtype=torch.long)
+    # lengths pinned too: a copy from pageable memory waits for the whole stream (no overlap with earlier batches)
+    lengths = torch.tensor(sizes, dtype=torch.long)
+    return host, lengths.pin_memory() if pin else lengths
 
 
 def normalize_loudness(wave: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

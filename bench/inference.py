@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from backend.branches import speech_forward
+from backend.branches import speech_embed_batched, speech_forward
 from backend.model import EmotionModel
 from backend.predictor import Predictor
 from backend.settings import DEFAULT_MODEL_DIR, load_settings
@@ -134,12 +134,16 @@ class PlainEncoder:
     @torch.inference_mode()
     def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
         host, _ = pad_on_host(clips, pin=self.device.type == "cuda")
-        wave = host.to(self.device, non_blocking=True)
+        return self.forward(host.to(self.device, non_blocking=True)).float().softmax(-1).cpu().numpy()
+
+    @torch.inference_mode()
+    def forward(self, wave: torch.Tensor) -> torch.Tensor:
+        """A zero-padded batch already on the device (B, n) -> logits (B, 7) on the device."""
         frames = N_FRAMES if self.pad30 else padded_frames(wave.shape[1])
         wave = torch.nn.functional.pad(wave, (0, frames * HOP_LENGTH - wave.shape[1]))
         mel = log_mel(wave, self.encoder.config.num_mel_bins).to(self.dtype)
         last = whisper_encoder_states(self.encoder, mel)[:, -1]
-        return self.head(last.mean(1)).float().softmax(-1).cpu().numpy()
+        return self.head(last.mean(1))
 
 
 class OursSpeech:
@@ -305,6 +309,8 @@ def run(args: argparse.Namespace) -> dict:
         report["roofline"] = roofline(model, rows, device)
         if args.profile and "ours" in impls:
             report["profile"] = profile_ours(impls["ours"], device)
+        if args.stages:
+            report["stages"] = [stages(impls, device, b, s) for b, s in ((256, 4.0), (136, 30.0))]
         if args.compile:
             try:
                 report["compiled"] = compiled_rows(model, impls["ours"], device, args)
@@ -360,6 +366,69 @@ def profile_ours(ours: OursSpeech, device: torch.device, batch: int = 256, secon
         "top_self_cpu_ms": top("self_cpu_time_total"),
         "top_self_device_ms": top("self_device_time_total"),
     }
+
+
+def timed_ms(fn: Callable[[], object], device: torch.device, reps: int = 10) -> float:
+    """p50 wall time of fn() in ms, synchronised, after one warm-up call."""
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+
+def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float = 4.0) -> dict:
+    """Where a whole call's time goes, ours beside the plain anchor on the same clips: padding on the host,
+    the host-to-device copy, the forward alone (inputs already on the device), and the whole call."""
+    clips = make_clips(batch, seconds, seed=7)
+    host, lengths = pad_on_host(clips, pin=device.type == "cuda")
+    wave, dev_lengths = host.to(device), lengths.to(device)
+    out: dict = {
+        "batch": batch,
+        "seconds": seconds,
+        "pad_on_host_ms": timed_ms(lambda: pad_on_host(clips, pin=device.type == "cuda"), device),
+        "host_to_device_ms": timed_ms(lambda: host.to(device, non_blocking=True), device),
+    }
+    if "ours" in impls and impls["ours"].predictor.fast_speech is not None:
+        fast = impls["ours"].predictor.fast_speech
+        out["ours_forward_ms"] = timed_ms(lambda: fast(wave, dev_lengths, host_lengths=lengths), device)
+        out["ours_call_ms"] = timed_ms(lambda: impls["ours"](clips), device)
+        model = impls["ours"].predictor.model
+        out["ours_embed_batched_ms"] = timed_ms(lambda: speech_embed_batched(model, clips, fast=fast), device)
+        if device.type == "cuda":
+            out["ours_compiled_forward"] = compiled_forward(fast, wave, dev_lengths, lengths, device)
+    if "plain" in impls:
+        out["plain_forward_ms"] = timed_ms(lambda: impls["plain"].forward(wave), device)
+        out["plain_call_ms"] = timed_ms(lambda: impls["plain"](clips), device)
+    return out
+
+
+def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor, device) -> dict:
+    """The fast path's forward under torch.compile (this one shape, no dynamic shapes): does fusion pay?"""
+    from backend.speech import valid_frames
+
+    frames = padded_frames(wave.shape[1])
+    wave = torch.nn.functional.pad(wave, (0, frames * HOP_LENGTH - wave.shape[1]))
+    unpadded = bool((valid_frames(host_lengths, frames) >= frames // 2).all())
+    try:
+        t0 = time.perf_counter()
+        compiled = torch.compile(fast._forward, dynamic=False)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+            compiled(wave, lengths, unpadded)
+        sync(device)
+        compile_s = time.perf_counter() - t0
+
+        def call() -> None:
+            with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+                compiled(wave, lengths, unpadded)
+
+        return {"compile_s": compile_s, "forward_ms": timed_ms(call, device)}
+    except Exception as exc:  # a compiler failure must not lose the other figures
+        return {"error": f"{type(exc).__name__}: {exc}"[:1000]}
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -449,6 +518,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,plain,plain30")
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
+    p.add_argument("--stages", action="store_true", help="also time each step of one call, ours beside plain")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoder layers (CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None)
