@@ -10,7 +10,9 @@ import functools
 import json
 import logging
 import math
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,6 +189,15 @@ def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.
     return host.to(device, non_blocking=True), lengths.to(device, non_blocking=True)
 
 
+PARALLEL_FILL_SAMPLES = 4_000_000  # padded batches this big (16 MB) are filled by several threads
+
+
+@functools.cache
+def _fill_pool() -> ThreadPoolExecutor:
+    """Threads that copy clips into a padded batch (numpy releases the GIL while copying); at most 8, half the CPUs."""
+    return ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)), thread_name_prefix="pad")
+
+
 def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips -> one zero-padded (B, n_max) float32 CPU buffer (page-locked if pin and CUDA is there), lengths (B,).
 
@@ -197,9 +208,18 @@ def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False)
     pin = pin and torch.cuda.is_available()
     host = torch.empty(len(arrays), max(sizes), pin_memory=pin)
     view = host.numpy()
-    for row, a in zip(view, arrays):  # each row written once: the clip, then zeros (no memset of the whole buffer)
-        row[: len(a)] = a
-        row[len(a) :] = 0.0
+
+    def fill(rows: range) -> None:  # each row written once: the clip, then zeros (no memset of the whole buffer)
+        for r in rows:
+            view[r, : sizes[r]] = arrays[r]
+            view[r, sizes[r] :] = 0.0
+
+    workers = min(_fill_pool()._max_workers, len(arrays)) if view.size >= PARALLEL_FILL_SAMPLES else 1
+    if workers > 1:  # one core copies ~5 GB/s on a server CPU: a 256-clip batch is 10-50 ms of pure copying
+        step = math.ceil(len(arrays) / workers)
+        list(_fill_pool().map(fill, [range(a, min(a + step, len(arrays))) for a in range(0, len(arrays), step)]))
+    else:
+        fill(range(len(arrays)))
     # lengths pinned too: a copy from pageable memory waits for the whole stream (no overlap with earlier batches)
     lengths = torch.tensor(sizes, dtype=torch.long)
     return host, lengths.pin_memory() if pin else lengths

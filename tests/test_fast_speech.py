@@ -100,3 +100,18 @@ def test_cuda_graphs_match_eager_and_autocast():
     assert (probs(alone[0]) - probs(graphed[1])).abs().max() < 1e-2
     assert (probs(graphed) - probs(eager)).abs().max() < 1e-2
     assert (probs(graphed) - probs(ref)).abs().max() < 2e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch.compile of the big-batch path is CUDA only")
+def test_compiled_big_batches_match_eager():
+    model = load_default("cuda")
+    batch = clips(5, tuple(16_000 + 997 * i for i in range(24)))  # 24 clips: over the graphs' 16, big-batch path
+    with torch.inference_mode():
+        compiled = FastSpeech(model, compile_big=True)
+        got, _ = compiled.embed(batch)
+        other, _ = compiled.embed(batch[:20])  # another shape: no recompile needed (dynamic), same rows
+        eager, _ = FastSpeech(model, graphs=False).embed(batch)
+    assert compiled.compile_big, "the compile fell back to eager"
+    probs = lambda x: x.float().softmax(-1)  # noqa: E731
+    assert (probs(got) - probs(eager)).abs().max() < 1e-2
+    assert (probs(other) - probs(got[:20])).abs().max() < 1e-2
