@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from backend.lora import LoRALinear
 from backend.model import EmotionModel
@@ -46,17 +44,7 @@ from backend.speech import (
 log = logging.getLogger(__name__)
 
 FRAME_BUCKET = 100  # mel frames: lengths padded to whole seconds (30 shapes at most)
-FLEX_ATTENTION = os.environ.get("EMO_FLEX_ATTENTION", "1") != "0"  # padded big batches: FlexAttention (compiled)
 GRAPH_MAX_BATCH = 16  # batches up to this size replay a captured CUDA graph (launch-bound); larger run eagerly
-
-
-def padding_block_mask(valid: torch.Tensor, frames: int) -> BlockMask:
-    """FlexAttention's block mask for key padding: row b attends to keys < valid[b] only."""
-
-    def keep(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
-        return kv < valid[b]
-
-    return create_block_mask(keep, valid.shape[0], None, frames, frames, device=valid.device)
 
 
 def merged_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -140,17 +128,14 @@ class FastSpeech:
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = None
         self.compile_big = compile_big
-        self.flex = FLEX_ATTENTION  # in the compiled big-batch forward only
         self._compiled = None
 
     # -- the computation -------------------------------------------------------------------------------------
     def _forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool = False, flex: bool = False
+        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """wave (B, n) float32 zero-padded with >= N_FFT zeros after every clip, lengths (B,) -> logits, emb.
-        unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel).
-        flex: padded batches attend through FlexAttention with a block mask (compiled only: whole padding blocks are
-        skipped, not computed and masked)."""
+        unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel)."""
         if self.loudness:
             wave = normalize_loudness(wave, lengths)
         frames = wave.shape[1] // HOP_LENGTH
@@ -161,8 +146,6 @@ class FastSpeech:
         x = x + self.positions[: x.shape[1]]
         acc = x * self.mix[0]  # the head's layer mix, summed in place as the layers run (no 7-state stack)
         attn_mask = None if unpadded else mask[:, None, None, :]
-        if flex and not unpadded:
-            attn_mask = padding_block_mask(valid_frames(lengths, frames), frames // 2)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = self._layer(x, layer, attn_mask)
@@ -175,10 +158,7 @@ class FastSpeech:
         h = nn.functional.layer_norm(x, (d,), *w.ln1, self.eps)
         qkv = nn.functional.linear(h, w.qkv_w, w.qkv_b).view(b, t, 3, self.heads, d // self.heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if attn_mask is None or isinstance(attn_mask, torch.Tensor):
-            a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
-        else:
-            a = flex_attention(q, k, v, block_mask=attn_mask, scale=1.0)
+        a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
         x = x + nn.functional.linear(a.transpose(1, 2).reshape(b, t, d), w.out_w, w.out_b)
         h = nn.functional.layer_norm(x, (d,), *w.ln2, self.eps)
         h = nn.functional.gelu(nn.functional.linear(h, w.fc1_w, w.fc1_b))
@@ -227,7 +207,7 @@ class FastSpeech:
             try:
                 if self._compiled is None:
                     self._compiled = torch.compile(self._forward, dynamic=True)
-                return self._compiled(wave, lengths, unpadded, self.flex)
+                return self._compiled(wave, lengths, unpadded)
             except Exception:  # a compiler that fails here must not fail the request: eager computes the same
                 log.warning("torch.compile of the speech path failed; big batches run eagerly", exc_info=True)
                 self.compile_big = False

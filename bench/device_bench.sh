@@ -6,7 +6,6 @@
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
 #   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer5       infer4 + the step-by-step timing of one call (--stages) and torch.compile
-#   bash bench/device_bench.sh infer6       FlexAttention vs masked SDPA in the compiled big-batch path (parts w, m1)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -67,15 +66,6 @@ case "$1" in
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3
     EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
       tests/test_batch_equals_single.py 2>&1 | tail -4 ;;
-  infer6)  # FlexAttention (block mask: padding blocks skipped) vs masked SDPA in the compiled big-batch forward,
-    # one run each, the plain anchor beside; the compiled-vs-eager CUDA test (parts w, m1)
-    setup
-    EMO_FLEX_ATTENTION=1 timeout 120 python3 bench/inference.py --model /root/model --device cuda --impls branch,plain \
-      --batches 256 --seconds 4,30 --budget-s 0.5 --out "$OUT/infer_flex1.json" 2>&1 | grep -E '^(impl|branch|plain) '
-    EMO_FLEX_ATTENTION=0 timeout 100 python3 bench/inference.py --model /root/model --device cuda --impls branch \
-      --batches 256 --seconds 4,30 --budget-s 0.5 --out "$OUT/infer_flex0.json" 2>&1 | grep -E '^(impl|branch|plain) '
-    EMO_TEST_MODEL=/root/model timeout 80 python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
-      -k compiled 2>&1 | tail -2 ;;
   train)
     setup
     EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \
