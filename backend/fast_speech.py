@@ -127,7 +127,7 @@ class FastSpeech:
         self.graphs_enabled = graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = None
-        self.compile_big = compile_big
+        self.compile_big = compile_big and self.device.type == "cuda"  # on a CPU the compile costs more than it saves
         self._compiled = None
 
     # -- the computation -------------------------------------------------------------------------------------
