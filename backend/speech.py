@@ -192,10 +192,16 @@ def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.
 PARALLEL_FILL_SAMPLES = 4_000_000  # padded batches this big (16 MB) are filled by several threads
 
 
-@functools.cache
+_FILL_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
 def _fill_pool() -> ThreadPoolExecutor:
-    """Threads that copy clips into a padded batch (numpy releases the GIL while copying); at most 8, half the CPUs."""
-    return ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)), thread_name_prefix="pad")
+    """Threads that copy clips into a padded batch (numpy releases the GIL while copying); at most 8, half the CPUs.
+    One pool per process: a forked child (decoding workers) must not inherit a pool whose threads it does not have."""
+    pid = os.getpid()
+    if pid not in _FILL_POOLS:
+        _FILL_POOLS[pid] = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)), thread_name_prefix="pad")
+    return _FILL_POOLS[pid]
 
 
 def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:

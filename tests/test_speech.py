@@ -320,3 +320,34 @@ def test_whisper_base_states_trimmed_and_padded(whisper_base):
     pooled_t = trimmed[0, -1, :valid].mean(0)
     pooled_p = padded[0, -1, :valid].mean(0)
     assert torch.allclose(pooled_t, pooled_p, atol=1e-3)  # padding is masked: trimming is only a speed-up
+
+
+def test_big_padded_batches_are_filled_by_threads_and_work_after_fork():
+    """pad_on_host splits big batches over a thread pool; every row is its clip then zeros, also in a forked
+    child (decoding workers): the child builds its own pool instead of waiting on threads it never had."""
+    import multiprocessing
+
+    from backend.speech import PARALLEL_FILL_SAMPLES, pad_on_host
+
+    rng = np.random.default_rng(0)
+    sizes = [int(x) for x in rng.integers(1, 480_000, size=24)]
+    clips = [rng.standard_normal(n).astype(np.float32) for n in sizes]
+    assert len(clips) * max(sizes) >= PARALLEL_FILL_SAMPLES  # the threaded path
+    host, lengths = pad_on_host(clips)
+    assert lengths.tolist() == sizes
+    for row, clip in zip(host.numpy(), clips):
+        assert np.array_equal(row[: len(clip)], clip) and not row[len(clip) :].any()
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_pad_sum_in_child, args=(clips, queue))
+    child.start()
+    try:
+        assert queue.get(timeout=60) == float(host.double().sum())
+    finally:
+        child.join(timeout=10)
+
+
+def _pad_sum_in_child(clips: list, queue) -> None:
+    from backend.speech import pad_on_host
+
+    queue.put(float(pad_on_host(clips)[0].double().sum()))
