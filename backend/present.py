@@ -323,6 +323,13 @@ def _checks_cell(checks: list[dict[str, Any]]) -> str:
     return f"{ok}/{len(checks)} ok; worst {worst['set']} {worst['metric']} {worst['delta']:+.3f}{margin}"
 
 
+def _audit_cell(audit: dict[str, Any]) -> str:
+    """'38/40 (95%)': the crowd's labels against gold on voted gold clips (train.gate's audit), '' for older runs."""
+    if not audit.get("n"):
+        return ""
+    return f"{audit['agree']}/{audit['n']} ({audit['accuracy']:.0%})"
+
+
 def _ece_cell(calibration: dict[str, Any]) -> str:
     """'speech 0.210->0.050' per recalibrated branch (ECE on the calibration split)."""
     parts = []
@@ -335,7 +342,8 @@ def _ece_cell(calibration: dict[str, Any]) -> str:
 
 def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
     """Retraining history with its promotion decisions (Store.training_runs()): the held-out gain with its
-    confidence interval, McNemar p, the dev-set non-inferiority checks, ECE before/after recalibration."""
+    confidence interval, McNemar p, the dev-set non-inferiority checks, the crowd's labels against gold, ECE
+    before/after recalibration."""
     columns = [
         "started",
         "base",
@@ -346,6 +354,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
         "gain [CI]",
         "McNemar p",
         "dev checks",
+        "crowd vs gold",
         "ECE before->after",
         "test",
         "reason",
@@ -366,6 +375,7 @@ def runs_table(runs: list[dict[str, Any]]) -> pd.DataFrame:
                 _gain_cell(sup),
                 round(mcnemar["p_one_sided"], 4) if "p_one_sided" in mcnemar else None,
                 _checks_cell(metrics.get("checks") or []),
+                _audit_cell(metrics.get("audit") or {}),
                 _ece_cell((metrics.get("training") or {}).get("calibration") or {}),
                 metrics.get("test", ""),
                 r.get("reason"),

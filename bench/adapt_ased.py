@@ -65,7 +65,7 @@ from backend.predictor import Predictor  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
 from backend.types import Sample  # noqa: E402
 from bench.hostile_crowd import POPULATIONS, Annotator, pool, undefended_copy, vote_for  # noqa: E402
-from labeling.aggregate import aggregate_clip, aggregate_labels, load_votes  # noqa: E402
+from labeling.aggregate import aggregate_clip, aggregate_labels, gold_audit, load_votes  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from train.corpora import (  # noqa: E402
     ASED_TEST_SPEAKERS,
@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--sizes", default=",".join(map(str, SIZES)), help="numbers of corrections")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--score-limit", type=int, default=0, help="score on a fixed subset of the unseen speakers")
     p.add_argument("--speech-dev-size", type=int, default=0, help="RAVDESS 17-20 clips the gate judges (0 = 240)")
     p.add_argument("--text-dev-size", type=int, default=1000)
@@ -124,6 +124,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where the corrections come from: ASED train speakers, or (control) RAVDESS training actors 1-16",
     )
     p.add_argument("--cpu", action="store_true")
+    p.add_argument("--audit-only", action="store_true", help="build the stores only: the gate's gold audit of each")
     p.add_argument(
         "--resume",
         action="store_true",
@@ -309,7 +310,35 @@ def gate_figures(decision: dict) -> dict:
         "held_out": {k: sup.get(k) for k in ("n", "delta", "ci_low", "ci_high", "ci_level", "p_bootstrap")},
         "mcnemar": sup.get("mcnemar"),
         "failed_checks": [f"{c['set']} {c['metric']}" for c in decision.get("checks", []) if not c.get("ok")],
+        "audit": decision.get("audit"),
     }
+
+
+def audit_only(args: argparse.Namespace, clip_pool: list[Example]) -> dict:
+    """--audit-only: the same stores as the runs (same seeds, clips, crowd, gold marks, poisoned copy), no model:
+    what the gate's gold audit (labeling.aggregate.gold_audit) sees in the training store, beside how right the
+    training labels and the plain majority are. Predictions are uniform (votes do not depend on them)."""
+    uniform = {name: 1.0 / len(LABELS) for name in LABELS}
+    rows = []
+    for seed in [int(x) for x in args.seeds.split(",")]:
+        order = np.random.default_rng([seed, 2026]).permutation(len(clip_pool))
+        for n in [int(x) for x in args.sizes.split(",")]:
+            clips, work = [clip_pool[i] for i in order[:n]], work_folder(args, seed, n)
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True)
+            wavs, preds = [encode_wav(w) for w in load_clips(clips)], [uniform] * n
+            db = work / ("crowd.db" if args.poisoned else "studio.db")
+            _, truth = fill_store(db, clips, wavs, preds, crowd(args.population), seed)
+            if args.poisoned:
+                undefended_copy(db, work / "studio.db", wavs, preds)
+            with Store.open(work / "studio.db") as store:
+                audit = gold_audit(aggregate_labels(store))
+            labels = training_labels(work, truth)
+            rows.append({"seed": seed, "corrections": n, **setting(args), "audit": audit, "training_labels": labels})
+            log.info("seed %d, n %d, %s: gold audit %s, labels %s", seed, n, setting_tag(args), audit, labels)
+    report = {"what": "gold audit of the training store (no model)", "runs": rows}
+    write(Path(args.json) if args.json else Path(args.out) / "audit.json", report)
+    return report
 
 
 def one_run(args, work: Path, clips, audio, base, scoring, seed: int) -> dict:
@@ -413,7 +442,9 @@ def main(argv: list[str] | None = None) -> dict:
     check_base(Path(args.base_model))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout` stops us: clean up the running job
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=args.resume)
+    out.mkdir(parents=True, exist_ok=args.resume or args.audit_only)
+    if args.audit_only:
+        return audit_only(args, correction_pool(Path(args.data), args.pool))
     tag = setting_tag(args)
     json_path = Path(args.json) if args.json else out / (f"adapt_ased-{tag}.json" if tag else "adapt_ased.json")
     done = resumed_runs(args, json_path)

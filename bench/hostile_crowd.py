@@ -264,15 +264,18 @@ class Judge:
         self.champion = EmotionModel.from_pretrained(args.base_model, cache=self.settings.cache, device="cpu")
         self.champion_dev = evaluate_dev(self.champion, self.dev)
 
-    def held(self, db: Path) -> list:
-        """The trusted held-out corrections train.retrain's first run on this store is judged on (rotation 0)."""
+    def held(self, db: Path) -> tuple[list, dict]:
+        """The trusted held-out corrections train.retrain's first run on this store is judged on (rotation 0), and
+        the store's gold audit (what train.retrain hands the gate with them)."""
+        from labeling.aggregate import aggregate_labels, gold_audit
         from train.corrections import load_corrections, split
 
         with Store.open(db) as store:
-            return split(load_corrections(store, settings=self.settings), 0.2, 0)[1]
+            held = split(load_corrections(store, settings=self.settings), 0.2, 0)[1]
+            return held, gold_audit(aggregate_labels(store))
 
-    def decide(self, challenger_dir: Path, helds: dict[str, list]) -> dict:
-        """The gate's decision on the challenger for each named held-out slice (dev sets scored once)."""
+    def decide(self, challenger_dir: Path, helds: dict[str, tuple[list, dict]]) -> dict:
+        """The gate's decision on the challenger for each named (held-out slice, gold audit) (dev sets scored once)."""
         from backend.model import EmotionModel
         from bench.adapt_ased import gate_figures  # here, not at the top: adapt_ased imports this module
         from train.gate import CORRECTIONS, decide, evaluate_corrections, evaluate_dev
@@ -280,10 +283,10 @@ class Judge:
         challenger = EmotionModel.from_pretrained(challenger_dir, cache=self.settings.cache, device="cpu")
         challenger_dev = evaluate_dev(challenger, self.dev)
         out = {}
-        for name, held in helds.items():
+        for name, (held, audit) in helds.items():
             old = {**self.champion_dev, CORRECTIONS: evaluate_corrections(self.champion, held, self.settings)}
             new = {**challenger_dev, CORRECTIONS: evaluate_corrections(challenger, held, self.settings)}
-            out[name] = gate_figures(decide(old, new, self.cfg)) | {"held_out_n": len(held)}
+            out[name] = gate_figures(decide(old, new, self.cfg, audit)) | {"held_out_n": len(held)}
         return out
 
 

@@ -7,7 +7,9 @@ naive_trim: the same per-clip float32 loop, input trimmed to the clip (+ margin)
 eager:      Predictor.predict_batch with fast_speech off: batched, length buckets, log-mel on the device, bf16
             autocast over float32 weights, LoRA as extra matmuls (the path before backend.fast_speech).
 ours:       Predictor.predict_batch (audio only, no ASR, no timeline): backend.fast_speech on CUDA (LoRA merged,
-            bf16 weights, fused qkv, masked SDPA, layer mix accumulated, CUDA graphs for batches <= 16).
+            bf16 weights, fused qkv, masked SDPA, layer mix accumulated, CUDA graphs for batches <= 16, one
+            torch.compile with dynamic shapes above; the compile happens in the untimed warm-up call).
+branch:     the Predictor's audio branch alone (speech_embed_batched + calibration), without Prediction objects.
 plain:      the anchor: transformers' Whisper-base encoder layers in bf16 (no LoRA, no mask, no loudness
             normalisation), trimmed the same way, mean-pooled last state, a linear head. plain30: padded to 30 s.
 With --accuracy-data, the accuracy of naive, naive_trim, eager and ours on RAVDESS dev actors 17-20 (same clips).
@@ -158,6 +160,20 @@ class OursSpeech:
         return np.array([[p.probs[k] for k in p.probs] for p in preds])
 
 
+class OursBranch:
+    """The Predictor's audio branch alone: its fast path through speech_embed_batched (length buckets, padding,
+    copy, forward) and calibration to probabilities, without building Prediction objects."""
+
+    def __init__(self, ours: OursSpeech) -> None:
+        self.predictor = ours.predictor
+
+    @torch.inference_mode()
+    def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
+        p = self.predictor
+        logits, _ = speech_embed_batched(p.model, clips, fast=p.fast_speech)
+        return p.model.heads.gate.calibrated(logits.to(p.device), "speech").float().cpu().numpy()
+
+
 class PeakRss:
     """Peak resident memory over a region (sampled every 2 ms from /proc/self/statm), in MiB above the start."""
 
@@ -262,10 +278,13 @@ def run(args: argparse.Namespace) -> dict:
         "naive_trim": lambda: NaiveTrimSpeech(model),
         "eager": lambda: OursSpeech(model, fast=False),
         "ours": lambda: OursSpeech(model),
+        "branch": lambda: OursBranch(impls.get("ours") or OursSpeech(model)),
         "plain": lambda: PlainEncoder(model),
         "plain30": lambda: PlainEncoder(model, pad30=True),
     }
-    impls = {k: makers[k]() for k in args.impls.split(",")}
+    impls: dict = {}
+    for k in args.impls.split(","):
+        impls[k] = makers[k]()
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     for seconds in [float(s) for s in args.seconds.split(",")]:
@@ -515,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--naive-max-batch", type=int, default=32, help="naive loop timed on at most this many clips")
     p.add_argument("--cpu-max-audio", type=float, default=300.0, help="CPU: skip configs with more audio per call")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per configuration after the minimum reps")
-    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,plain,plain30")
+    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,branch,plain,plain30")
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
     p.add_argument("--stages", action="store_true", help="also time each step of one call, ours beside plain")

@@ -207,3 +207,13 @@ def aggregate_labels(store: Store, min_votes: int = 1) -> list[ClipLabel]:
             aggregate_clip(clip["id"], clip_votes, reliabilities, clip["predicted"], clip["gold_label"], weights)
         )
     return out
+
+
+def gold_audit(labels: list[ClipLabel]) -> dict:
+    """The crowd's labels checked against gold: on every gold clip that also has votes, does the label the crowd
+    gives it (the reliability-weighted vote, what training would use without the gold mark) match the gold label?
+    A canary for poisoned or broken aggregation that no model comparison can see when the held-out labels come
+    from the same crowd (train.gate refuses to promote below a floor)."""
+    pairs = [(c.weighted, c.gold) for c in labels if c.gold and c.n_votes > 0]
+    agree = sum(crowd == gold for crowd, gold in pairs)
+    return {"n": len(pairs), "agree": agree, "accuracy": agree / len(pairs) if pairs else None}

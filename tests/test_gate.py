@@ -13,6 +13,7 @@ from backend.labels import LABEL_TO_ID, LABELS
 from backend.model import EmotionModel
 from backend.registry import registry_dir
 from backend.settings import load_settings
+from labeling.aggregate import aggregate_labels
 from labeling.store import Store
 from tests.retrain_helpers import add_prediction, add_speech, add_text, ravdess_examples, small_config, text_examples
 from train.corrections import load_corrections, split
@@ -207,3 +208,39 @@ def evaluate_predictions(model: EmotionModel, items: list) -> list:
     from backend.predictor import Predictor
 
     return Predictor(model, load_settings(asr=False)).predict_batch([it.sample() for it in items])
+
+
+def test_a_crowd_whose_labels_fail_the_gold_audit_promotes_nothing() -> None:
+    """Poisoned held-out labels can make a poisoned challenger look better: the crowd's labels against gold are
+    checked first, and a challenger that passes every model test is still refused below the floor."""
+    cfg = GateConfig(min_n=30, n_boot=1000)
+    champion = figures((60, 30), speech=(240, 180))
+    challenger = figures((60, 48), speech=(240, 180))
+    poisoned = decide(champion, challenger, cfg, {"n": 40, "agree": 24, "accuracy": 0.6})
+    assert not poisoned["promote"] and "match gold on only 24 of 40 gold clips (60% < 90%)" in poisoned["reason"]
+    assert poisoned["audit"] == {"n": 40, "agree": 24, "accuracy": 0.6, "min": 0.9, "min_n": 10}
+    honest = decide(champion, challenger, cfg, {"n": 40, "agree": 38, "accuracy": 0.95})
+    assert honest["promote"] and "crowd labels match gold on 38/40" in honest["reason"]
+    few = decide(champion, challenger, cfg, {"n": 6, "agree": 3, "accuracy": 0.5})  # too few gold clips to judge
+    assert few["promote"]
+    assert decide(champion, challenger, cfg)["audit"]["n"] == 0  # no audit given: recorded as not judged
+
+
+def test_gold_audit_reads_the_crowds_label_not_the_gold_mark(tmp_path) -> None:
+    """On a real store: the crowd's label of each voted gold clip, compared with its gold label."""
+    from labeling.aggregate import gold_audit
+
+    with Store.open(tmp_path / "studio.db", tmp_path / "media", k=3, gold_rate=0.0) as store:
+        for i in range(12):
+            clip = store.add_clip(f"clip {i}".encode(), ext=".wav", modalities=["speech"], consent=True)
+            store.add_gold(clip, "sad")
+            wrong = i < 5  # a coordinated pair outvotes the honest annotator on 5 gold clips
+            for who in ("name:a", "name:b"):
+                store.vote(clip, who, ["happy" if wrong else "sad"])
+            store.vote(clip, "name:honest", ["sad"])
+        unvoted = store.add_clip(b"clip x", ext=".wav", modalities=["speech"], consent=True)
+        store.add_gold(unvoted, "angry")
+        labels = aggregate_labels(store)
+    audit = gold_audit(labels)
+    assert audit == {"n": 12, "agree": 7, "accuracy": pytest.approx(7 / 12)}
+    assert all(c.label == "sad" for c in labels if c.n_votes)  # training itself uses the gold mark

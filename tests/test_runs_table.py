@@ -1,4 +1,5 @@
-"""The Model tab's retraining history shows each decision's test, interval, McNemar p, dev checks and ECE."""
+"""The Model tab's retraining history shows each decision's test, interval, McNemar p, dev checks, the crowd's
+labels against gold and ECE."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def test_runs_table_shows_the_gate_figures() -> None:
             {"set": "goemotions_dev", "metric": "accuracy", "delta": 0.0, "ci_low": 0.0, "margin": 0.016, "ok": True},
         ],
         "test": "paired bootstrap ...",
+        "audit": {"n": 40, "agree": 38, "accuracy": 0.95, "min": 0.9, "min_n": 10},
         "training": {
             "calibration": {
                 "branches": {
@@ -38,4 +40,5 @@ def test_runs_table_shows_the_gate_figures() -> None:
     assert first["McNemar p"] == 0.0547 and first["test"] == "paired bootstrap ..."
     assert first["dev checks"] == "2/2 ok; worst ravdess_dev accuracy -0.010 (margin 0.032)"
     assert first["ECE before->after"] == "speech 0.200->0.050"
+    assert first["crowd vs gold"] == "38/40 (95%)" and table.iloc[1]["crowd vs gold"] == ""
     assert table.iloc[1]["gain [CI]"] == "" and table.iloc[1]["decision"] == "rejected"

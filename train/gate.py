@@ -10,6 +10,11 @@ size (0.5 / sqrt(n), at least 0.01; `tolerance` overrides it), and the checks sh
 correction. Promotion needs every test to pass (an intersection-union test: the chance of promoting a challenger
 that is not better is at most alpha).
 
+Gold audit: the held-out labels come from the same crowd as the training labels, so a crowd that poisons both can
+make a poisoned challenger look better. Before any of that counts, the crowd's own labels (reliability-weighted,
+without the gold mark) must match gold on at least `audit_min` (90%) of the gold clips that have votes, once
+`audit_min_n` (10) of them do (labeling.aggregate.gold_audit); below, nothing is promoted.
+
 Dev sets are fixed subsets (same seed, same examples) of the splits no training ever sees: RAVDESS dev actors
 17-20 (speech branch), GoEmotions-ekman dev single-label (text branch), FER2013 val (face branch). The held-out
 corrections are scored through the predictor (fusion of every modality the clip has; no ASR) against their
@@ -36,6 +41,7 @@ from backend.branches import face_eval_logits, speech_forward_batched, text_forw
 from backend.labels import LABEL_TO_ID, LABELS
 from backend.model import EmotionModel
 from backend.settings import Settings, load_settings
+from labeling.aggregate import aggregate_labels, gold_audit
 from labeling.store import Store, now_iso
 from train import gate_stats
 from train.corpora import SPEECH_DEV_ACTORS, fer2013_arrays, goemotions, ravdess, shared_data_dir
@@ -73,6 +79,8 @@ class GateConfig:
     n_boot: int = 2000
     margin_se: float = 1.0
     margin_floor: float = 0.01
+    audit_min: float = 0.9  # the crowd's labels must match gold on at least this share of voted gold clips
+    audit_min_n: int = 10  # ... once at least this many gold clips have votes (fewer: not judged)
 
 
 @dataclass
@@ -275,19 +283,38 @@ def explain(sup: dict, checks: list[dict], cfg: GateConfig) -> list[str]:
     return reasons
 
 
-def decide(champion: dict, challenger: dict, cfg: GateConfig) -> dict:
-    """Compare the figures of evaluate(); the decision dict names every test, interval and why it promotes or not."""
+def audit_failure(audit: dict | None, cfg: GateConfig) -> str | None:
+    """Why the crowd's labels are not trusted to train a model (labeling.aggregate.gold_audit), or None."""
+    if not audit or audit["n"] < cfg.audit_min_n or audit["accuracy"] >= cfg.audit_min:
+        return None
+    return (
+        f"the crowd's labels match gold on only {audit['agree']} of {audit['n']} gold clips "
+        f"({audit['accuracy']:.0%} < {cfg.audit_min:.0%}): the training labels look poisoned or noisy, so the "
+        "held-out labels from the same crowd cannot vouch for this challenger"
+    )
+
+
+def decide(champion: dict, challenger: dict, cfg: GateConfig, audit: dict | None = None) -> dict:
+    """Compare the figures of evaluate(); the decision dict names every test, interval and why it promotes or not.
+    audit: the crowd's labels against gold (labeling.aggregate.gold_audit); below cfg.audit_min nothing promotes."""
     sup = superiority(champion.get(CORRECTIONS), challenger.get(CORRECTIONS), cfg)
     checks = noninferiority(champion, challenger, cfg)
     reasons = explain(sup, checks, cfg)
+    failed_audit = audit_failure(audit, cfg)
+    if failed_audit:
+        reasons.append(failed_audit)
     promote = not reasons
     if promote:
+        audited = (
+            f"; crowd labels match gold on {audit['agree']}/{audit['n']} gold clips" if audit and audit["n"] else ""
+        )
         reasons.append(
             f"better on held-out corrections ({cfg.primary} {sup['challenger']:.3f} vs {sup['champion']:.3f}, gain "
             f"{sup['delta']:+.3f}, {sup['ci_level']:.0%} CI [{sup['ci_low']:+.3f}, {sup['ci_high']:+.3f}], n={sup['n']}) "
-            f"and non-inferior on all {len(checks)} dev checks (Holm, alpha {cfg.alpha:g})"
+            f"and non-inferior on all {len(checks)} dev checks (Holm, alpha {cfg.alpha:g}){audited}"
         )
     return {
+        "audit": {**(audit or {"n": 0, "agree": 0, "accuracy": None}), "min": cfg.audit_min, "min_n": cfg.audit_min_n},
         "promote": promote,
         "reason": "; ".join(reasons),
         "champion": public(champion),
@@ -315,6 +342,7 @@ def record_run(
 ) -> int:
     """One row of the store's training_runs table with the decision and every figure behind it."""
     keys = (
+        "audit",
         "champion",
         "challenger",
         "superiority",
@@ -355,6 +383,7 @@ def gate_config(args: argparse.Namespace | object) -> GateConfig:
         alpha=getattr(args, "gate_alpha", 0.05),
         min_n=getattr(args, "min_holdout", 30),
         test=getattr(args, "gate_test", "bootstrap"),
+        audit_min=getattr(args, "gold_audit_min", 0.9),
     )
 
 
@@ -388,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--gate-alpha", type=float, default=0.05)
     p.add_argument("--min-holdout", type=int, default=30, help="held-out clips needed to promote")
     p.add_argument("--gate-test", choices=["bootstrap", "mcnemar"], default="bootstrap")
+    p.add_argument("--gold-audit-min", type=float, default=0.9, help="crowd labels' least agreement with gold")
     p.add_argument("--holdout", type=float, default=0.2)
     p.add_argument("--rotation", type=int, default=-1, help="held-out rotation (-1: the last recorded run's)")
     p.add_argument("--min-eval-votes", type=int, default=2)
@@ -405,7 +435,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         champion, challenger = (
             EmotionModel.from_pretrained(m, cache=settings.cache) for m in (args.champion, args.challenger)
         )
-        decision = decide(evaluate(champion, dev, held, settings), evaluate(challenger, dev, held, settings), cfg)
+        audit = gold_audit(aggregate_labels(store))
+        decision = decide(
+            evaluate(champion, dev, held, settings), evaluate(challenger, dev, held, settings), cfg, audit
+        )
         if args.record:
             record_run(
                 store,

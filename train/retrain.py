@@ -104,7 +104,7 @@ class RetrainConfig:
     data_dir: str | None = None
     cache: str | None = None
     seed: int = 0
-    epochs: int = 8
+    epochs: int = 16
     batch_size: int = 16
     replay_per_batch: int = 48
     replay_limit: int = 0
@@ -148,12 +148,13 @@ class RetrainConfig:
     gate_alpha: float = 0.05
     min_holdout: int = 30
     gate_test: str = "bootstrap"
+    gold_audit_min: float = 0.9
     speech_dev_actors: str = "17-20"
     speech_dev_size: int = 0
     text_dev_size: int = 1000
     face_dev_size: int = 1000
     lock: bool = True
-    merge: float = 1.0
+    merge: float = 0.5
 
 
 HELP = {
@@ -179,6 +180,8 @@ HELP = {
     "min_calib": "calibration examples a branch (or the fusion gate) needs to be refitted",
     "gate_alpha": "the gate's significance level (one-sided superiority; Holm family for the dev checks)",
     "min_holdout": "trusted held-out corrections needed to promote",
+    "gold_audit_min": "promote only if the crowd's labels match gold on at least this share of the voted gold clips "
+    "(checked once 10 gold clips have votes): a poisoned crowd also poisons the held-out labels that judge",
     "gate_test": "bootstrap (lower confidence bound of the gain > min_gain) or mcnemar (exact one-sided p < alpha)",
     "max_seconds": "training crop of long recordings",
     "bucket_seconds": "pad each speech batch to a multiple of this (few shapes: GPU kernels keep their plans; 0 = to its longest clip)",
@@ -209,7 +212,7 @@ def unit_share(text: str) -> float:
 
 
 # fields whose values need more than type(default): a default of None, or a checked range
-FIELD_TYPES = {"tolerance": float, "merge": unit_share}
+FIELD_TYPES = {"tolerance": float, "merge": unit_share, "gold_audit_min": unit_share}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -737,6 +740,7 @@ def run(config: RetrainConfig) -> dict:
 
 def judge(config: RetrainConfig, summary: dict, started: str) -> dict:
     """Main process: gate the challenger against the champion, publish a winner, record the run in the store."""
+    from labeling.aggregate import aggregate_labels, gold_audit
     from train.gate import decide, evaluate, gate_config, load_dev_sets, record_run
     from train.publish import hub_tags, next_version, publish
 
@@ -751,7 +755,10 @@ def judge(config: RetrainConfig, summary: dict, started: str) -> dict:
             raise RetrainError(f"The gate's dev sets are missing ({exc}); pass --data or set EMO_SHARED_DATA.") from exc
         champion = EmotionModel.from_pretrained(summary["base_model"], cache=settings.cache, device=device)
         challenger = EmotionModel.from_pretrained(out / "challenger", cache=settings.cache, device=device)
-        decision = decide(evaluate(champion, dev, held, settings), evaluate(challenger, dev, held, settings), cfg)
+        audit = gold_audit(aggregate_labels(store, min_votes=config.min_votes))
+        decision = decide(
+            evaluate(champion, dev, held, settings), evaluate(challenger, dev, held, settings), cfg, audit
+        )
         del champion
         version = next_version(store, settings, summary["base_version"], *hub_tags(config.push))
         published = None
