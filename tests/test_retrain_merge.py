@@ -73,7 +73,7 @@ def test_merge_takes_named_parameters_and_keeps_their_dtype() -> None:
 def test_a_share_outside_zero_one_is_refused(tmp_path: Path, capsys) -> None:
     parser = build_parser()
     assert parser.parse_args(["--db", "x.db", "--merge", "0.4"]).merge == 0.4
-    assert parser.parse_args(["--db", "x.db"]).merge == 1.0
+    assert parser.parse_args(["--db", "x.db"]).merge == 0.5  # the shipped recipe keeps half the change
     for bad in ("1.5", "-0.1", "nan"):
         with pytest.raises(SystemExit):
             parser.parse_args(["--db", "x.db", "--merge", bad])
