@@ -216,3 +216,13 @@ def test_real_hub_smoke(tmp_path, monkeypatch, tiny_model_dir, tiny_backbones):
         assert [t.name for t in api.list_repo_refs(repo).tags] == ["v1"]
     finally:
         api.delete_repo(repo, missing_ok=True)
+
+
+def test_the_card_says_how_much_of_the_retraining_was_kept() -> None:
+    from train.publish import card_body
+
+    decision = {"champion": {}, "challenger": {}, "promote": True, "reason": "better"}
+    merged = card_body(decision, {"items": 200}, {"base_version": "v1", "merge": 0.5, "epochs": 16})
+    assert "then 0.5 of the change was kept (weights averaged with `v1`'s" in merged and "- merge: 0.5" in merged
+    plain = card_body(decision, {"items": 200}, {"base_version": "v1", "merge": 1.0})
+    assert "of the change was kept" not in plain

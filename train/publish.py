@@ -74,7 +74,13 @@ def card_body(decision: dict, data: dict, training: dict) -> str:
         f"Retrained from `{parent}` on {data.get('items', 0)} crowd corrections "
         f"(by modality: {data.get('modalities', {})}) with supervised contrastive learning (SupCon with a per-class "
         "memory queue, hard negatives from the labels the model got wrong), cross-entropy on soft labels, corrections "
-        "weighted by annotator reliability, and replay of the base corpora in every batch.",
+        "weighted by annotator reliability, and replay of the base corpora in every batch"
+        + (
+            f"; then {training['merge']:g} of the change was kept (weights averaged with `{parent}`'s: a weight-space "
+            "ensemble that keeps most of the gain and less of the forgetting)."
+            if training.get("merge", 1.0) < 1
+            else "."
+        ),
         "",
         "## Promotion gate",
         "",
@@ -91,7 +97,7 @@ def card_body(decision: dict, data: dict, training: dict) -> str:
     lines += ["## Data", "", f"- Corrections: {data}", f"- Held-out corrections judged on: {training.get('held', 0)}"]
     lines += ["- Replay: RAVDESS actors 1-16, GoEmotions-ekman train + MELD train, FER2013 train (retrained branches)"]
     lines += ["", "## Licences", "", LICENCES, "", CORRECTIONS_LICENCE, "", "## Training", ""]
-    keys = ("step", "epochs", "branches", "processes", "precision", "seconds")
+    keys = ("step", "epochs", "merge", "branches", "processes", "precision", "seconds")
     lines += [f"- {k}: {training[k]}" for k in keys if k in training]
     return "\n".join(lines) + "\n"
 
