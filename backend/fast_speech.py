@@ -8,9 +8,10 @@ stacks all seven hidden states, and launches ~300 small kernels a batch. Here, b
   when no clip in the batch is padded (the flash kernel);
 - the head's layer mix accumulated on the fly instead of a (B, 7, T, D) stack;
 - small batches replayed from CUDA graphs captured per (batch, length) bucket: one launch instead of hundreds;
-- big batches (optional, `compile_big`) through one torch.compile of the same forward with dynamic shapes: its
-  fused layer norms, GELUs and residual adds take ~35% off a 256-clip forward; the first big batch pays the compile
-  (~25 s on an H200), a failure falls back to the eager forward.
+- big batches (optional, `compile_big`, CUDA only) through one torch.compile of the same forward with dynamic
+  shapes: fused layer norms, GELUs and residual adds (a static compile took a 256 x 4 s forward from 15.1 to
+  9.9 ms on an H200, bench/inference.py --stages; the dynamic one is not timed apart); the first big batch pays
+  the compile (14 s static there), a failure falls back to the eager forward.
 Graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
 silent clips whose results are dropped: rows never mix); big batches are trimmed to their longest clip. The weights are a snapshot: build a new FastSpeech
 after the model's weights change (the Predictor builds one when it loads a model).
