@@ -20,7 +20,7 @@ from backend.branches import (
     text_forward,
 )
 from backend.errors import MediaError
-from backend.fast_speech import FastSpeech
+from backend.fast_speech import GRAPH_MAX_BATCH, FastSpeech
 from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
 from backend.priority_lock import PriorityLock
@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0  # Whisper's positional table covers 30 s; longer audio is windowed
 LONG_CLIP_SECONDS = WHISPER_MAX_SECONDS  # longer audio can be analysed in steps (predict_steps)
-STEP_WINDOWS = {"cpu": 2, "cuda": 64}  # timeline windows per step of a long analysis (~0.1 s of CPU each)
+# timeline windows per step of a long analysis (~0.1 s of CPU each); on CUDA a step fits one captured graph, so
+# a person's long clip never waits for the big-batch compile (that is for batch jobs)
+STEP_WINDOWS = {"cpu": 2, "cuda": GRAPH_MAX_BATCH}
 
 
 def pick_device(setting: str) -> torch.device:
