@@ -192,16 +192,17 @@ def _pad_batch(audio: Audio, device: torch.device) -> tuple[torch.Tensor, torch.
 PARALLEL_FILL_SAMPLES = 4_000_000  # padded batches this big (16 MB) are filled by several threads
 
 
-_FILL_POOLS: dict[int, ThreadPoolExecutor] = {}
+FILL_THREADS = max(1, min(8, (os.cpu_count() or 2) // 2))  # numpy releases the GIL while copying
+_FILL_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
 def _fill_pool() -> ThreadPoolExecutor:
-    """Threads that copy clips into a padded batch (numpy releases the GIL while copying); at most 8, half the CPUs.
-    One pool per process: a forked child (decoding workers) must not inherit a pool whose threads it does not have."""
-    pid = os.getpid()
-    if pid not in _FILL_POOLS:
-        _FILL_POOLS[pid] = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) // 2)), thread_name_prefix="pad")
-    return _FILL_POOLS[pid]
+    """Threads that copy clips into a padded batch. One pool per process: a forked child (decoding workers) must
+    not inherit a pool whose threads it does not have (work handed to it would wait forever)."""
+    key = (os.getpid(), FILL_THREADS)
+    if key not in _FILL_POOLS:
+        _FILL_POOLS[key] = ThreadPoolExecutor(FILL_THREADS, thread_name_prefix="pad")
+    return _FILL_POOLS[key]
 
 
 def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,7 +221,7 @@ def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False)
             view[r, : sizes[r]] = arrays[r]
             view[r, sizes[r] :] = 0.0
 
-    workers = min(_fill_pool()._max_workers, len(arrays)) if view.size >= PARALLEL_FILL_SAMPLES else 1
+    workers = min(FILL_THREADS, len(arrays)) if view.size >= PARALLEL_FILL_SAMPLES else 1
     if workers > 1:  # one core copies ~5 GB/s on a server CPU: a 256-clip batch is 10-50 ms of pure copying
         step = math.ceil(len(arrays) / workers)
         list(_fill_pool().map(fill, [range(a, min(a + step, len(arrays))) for a in range(0, len(arrays), step)]))

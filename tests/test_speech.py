@@ -322,12 +322,14 @@ def test_whisper_base_states_trimmed_and_padded(whisper_base):
     assert torch.allclose(pooled_t, pooled_p, atol=1e-3)  # padding is masked: trimming is only a speed-up
 
 
-def test_big_padded_batches_are_filled_by_threads_and_work_after_fork():
+def test_big_padded_batches_are_filled_by_threads_and_work_after_fork(monkeypatch):
     """pad_on_host splits big batches over a thread pool; every row is its clip then zeros, also in a forked
     child (decoding workers): the child builds its own pool instead of waiting on threads it never had."""
     import multiprocessing
 
     from backend.speech import PARALLEL_FILL_SAMPLES, pad_on_host
+
+    monkeypatch.setattr(speech, "FILL_THREADS", 3)  # threads even on a 2-core box (the default is half the CPUs)
 
     rng = np.random.default_rng(0)
     sizes = [int(x) for x in rng.integers(1, 480_000, size=24)]
