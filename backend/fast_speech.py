@@ -13,8 +13,9 @@ stacks all seven hidden states, and launches ~300 small kernels a batch. Here, b
   9.9 ms on an H200, bench/inference.py --stages; the dynamic one is not timed apart); the first big batch pays
   the compile (14 s static there), a failure falls back to the eager forward.
 Graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
-silent clips whose results are dropped: rows never mix); big batches are trimmed to their longest clip. The weights are a snapshot: build a new FastSpeech
-after the model's weights change (the Predictor builds one when it loads a model).
+silent clips whose results are dropped: rows never mix); big batches are trimmed to their longest clip. The
+weights are a snapshot: build a new FastSpeech after the model's weights change (the Predictor builds one when it
+loads a model).
 """
 
 from __future__ import annotations

@@ -224,6 +224,8 @@ def test_a_crowd_whose_labels_fail_the_gold_audit_promotes_nothing() -> None:
     few = decide(champion, challenger, cfg, {"n": 6, "agree": 3, "accuracy": 0.5})  # too few gold clips to judge
     assert few["promote"]
     assert decide(champion, challenger, cfg)["audit"]["n"] == 0  # no audit given: recorded as not judged
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        GateConfig(audit_min=90)  # a percentage where a share belongs
 
 
 def test_gold_audit_reads_the_crowds_label_not_the_gold_mark(tmp_path) -> None:

@@ -82,6 +82,10 @@ class GateConfig:
     audit_min: float = 0.9  # the crowd's labels must match gold on at least this share of voted gold clips
     audit_min_n: int = 10  # ... once at least this many gold clips have votes (fewer: not judged)
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.audit_min <= 1.0:
+            raise ValueError(f"the gold audit's floor is a share between 0 and 1, got {self.audit_min}")
+
 
 @dataclass
 class DevSets:
