@@ -6,6 +6,7 @@
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
 #   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer5       infer4 + the step-by-step timing of one call (--stages) and torch.compile
+#   bash bench/device_bench.sh infer6       flash varlen attention vs masked SDPA x each compile mode (parts w, r, m1, m2)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -66,6 +67,15 @@ case "$1" in
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3
     EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
       tests/test_batch_equals_single.py 2>&1 | tail -4 ;;
+  infer6)  # issue 16: flash varlen attention vs the masked SDPA, each way of compiling (--stages), the CUDA tests
+    bash train/device_job.sh deps && setup
+    python3 -c "import torch; from backend.fast_speech import _varlen_attn; print('torch', torch.__version__, 'varlen', _varlen_attn())"
+    EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
+      tests/test_batch_equals_single.py 2>&1 | tail -4
+    python3 bench/inference.py --model /root/model --device cuda --impls ${IMPLS:-ours,branch,branch_sdpa,plain} \
+      --batches ${BATCHES:-1,16,256,1024} --seconds 4,30 --budget-s 1 --stages --accuracy-data "$STASH/data" \
+      --out "$OUT/infer_gpu6.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu6.log"
+    python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3 ;;
   train)
     setup
     EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \

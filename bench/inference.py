@@ -164,8 +164,10 @@ class OursBranch:
     """The Predictor's audio branch alone: its fast path through speech_embed_batched (length buckets, padding,
     copy, forward) and calibration to probabilities, without building Prediction objects."""
 
-    def __init__(self, ours: OursSpeech) -> None:
+    def __init__(self, ours: OursSpeech, varlen: bool = True) -> None:
         self.predictor = ours.predictor
+        if not varlen and self.predictor.fast_speech is not None:  # the masked scaled-dot-product attention instead
+            self.predictor.fast_speech.varlen = None
 
     @torch.inference_mode()
     def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
@@ -279,6 +281,7 @@ def run(args: argparse.Namespace) -> dict:
         "eager": lambda: OursSpeech(model, fast=False),
         "ours": lambda: OursSpeech(model),
         "branch": lambda: OursBranch(impls.get("ours") or OursSpeech(model)),
+        "branch_sdpa": lambda: OursBranch(OursSpeech(model), varlen=False),
         "plain": lambda: PlainEncoder(model),
         "plain30": lambda: PlainEncoder(model, pad30=True),
     }
@@ -427,27 +430,46 @@ def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float =
 
 
 def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor, device) -> dict:
-    """The fast path's forward under torch.compile (this one shape, no dynamic shapes): does fusion pay?"""
+    """The fast path's forward on one big batch, each way it can run: attention (masked scaled-dot-product vs
+    flash varlen) x compilation (eager; torch.compile static, batch-dynamic, fully dynamic), with each compile's
+    cost. Which pays, at this shape?"""
+    from backend.fast_speech import _varlen_attn
     from backend.speech import valid_frames
 
     frames = padded_frames(wave.shape[1])
     wave = torch.nn.functional.pad(wave, (0, frames * HOP_LENGTH - wave.shape[1]))
     unpadded = bool((valid_frames(host_lengths, frames) >= frames // 2).all())
-    try:
-        t0 = time.perf_counter()
-        compiled = torch.compile(fast._forward, dynamic=False)
-        with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-            compiled(wave, lengths, unpadded)
-        sync(device)
-        compile_s = time.perf_counter() - t0
+    kept, out = fast.varlen, {"unpadded": unpadded}
+    attentions = {"sdpa": None, "varlen": _varlen_attn()}
+    for attention, fn in attentions.items():
+        if attention == "varlen" and fn is None:
+            out["varlen"] = "unavailable in this torch"
+            continue
+        fast.varlen = fn
+        for mode in ("eager", "static", "batch_dynamic", "dynamic"):
+            torch._dynamo.reset()
+            try:
+                t0 = time.perf_counter()
+                run = fast._forward if mode == "eager" else torch.compile(fast._forward, dynamic=mode == "dynamic")
+                args = (wave.clone(), lengths.clone())  # mark_dynamic tags a tensor: fresh ones per variant
+                if mode == "batch_dynamic":
+                    torch._dynamo.mark_dynamic(args[0], 0)
+                    torch._dynamo.mark_dynamic(args[1], 0)
+                with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+                    run(*args, unpadded)
+                sync(device)
+                compile_s = time.perf_counter() - t0
 
-        def call() -> None:
-            with torch.inference_mode(), torch.autocast(device.type, enabled=False):
-                compiled(wave, lengths, unpadded)
+                def call(run=run, args=args) -> None:
+                    with torch.inference_mode(), torch.autocast(device.type, enabled=False):
+                        run(*args, unpadded)
 
-        return {"compile_s": compile_s, "forward_ms": timed_ms(call, device)}
-    except Exception as exc:  # a compiler failure must not lose the other figures
-        return {"error": f"{type(exc).__name__}: {exc}"[:1000]}
+                out[f"{attention}_{mode}"] = {"first_call_s": compile_s, "forward_ms": timed_ms(call, device)}
+            except Exception as exc:  # a compiler or kernel failure must not lose the other figures
+                out[f"{attention}_{mode}"] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
+    fast.varlen = kept
+    torch._dynamo.reset()
+    return out
 
 
 def speedups(rows: list[dict]) -> list[dict]:
@@ -534,7 +556,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--naive-max-batch", type=int, default=32, help="naive loop timed on at most this many clips")
     p.add_argument("--cpu-max-audio", type=float, default=300.0, help="CPU: skip configs with more audio per call")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per configuration after the minimum reps")
-    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,branch,plain,plain30")
+    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,branch,branch_sdpa,plain,plain30")
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
     p.add_argument("--stages", action="store_true", help="also time each step of one call, ours beside plain")

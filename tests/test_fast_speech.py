@@ -115,3 +115,23 @@ def test_compiled_big_batches_match_eager():
     probs = lambda x: x.float().softmax(-1)  # noqa: E731
     assert (probs(got) - probs(eager)).abs().max() < 1e-2
     assert (probs(other) - probs(got[:20])).abs().max() < 1e-2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="flash varlen attention is CUDA only")
+def test_varlen_attention_matches_the_masked_attention():
+    """The CUDA path attends through flash varlen (padding keys ignored by length); it must compute what the
+    masked scaled-dot-product attention computes, padded rows included, alone or in a batch."""
+    model = load_default("cuda")
+    batch = clips(6, tuple(12_000 + 15_013 * i for i in range(20)))  # 0.75-19 s: most rows padded
+    with torch.inference_mode():
+        varlen = FastSpeech(model, graphs=False)
+        masked = FastSpeech(model, graphs=False, varlen=False)
+        got, emb = varlen.embed(batch)
+        ref, ref_emb = masked.embed(batch)
+        alone = torch.cat([varlen.embed([c])[0] for c in batch[:3]])
+    assert varlen.varlen is not None, "this torch has no flash varlen attention with seqused_k"
+    assert masked.varlen is None
+    probs = lambda x: x.float().softmax(-1)  # noqa: E731
+    assert (probs(got) - probs(ref)).abs().max() < 1e-2
+    assert (emb - ref_emb).abs().max() / ref_emb.abs().max() < 2e-2
+    assert (probs(alone) - probs(got[:3])).abs().max() < 1e-2
