@@ -3,21 +3,22 @@
 speech_forward (training, CPU) runs transformers' Whisper layers under bf16 autocast with LoRA as extra matmuls,
 stacks all seven hidden states, and launches ~300 small kernels a batch. Here, built once per loaded model:
 - LoRA merged into the base weights (W + scale B A) and every weight cast to bf16 once (no autocast copies);
-- q, k, v as one fused projection (q's 1/sqrt(d) folded into its weights); padding keys never attended, so a
-  clip's result does not depend on its batch: on CUDA through flash attention's variable-length form
-  (torch.nn.attention.varlen, `seqused_k` = each clip's valid frames, the padded layout kept), elsewhere (or on
-  a torch without it) scaled-dot-product attention with the key-padding mask (the memory-efficient kernel, ~25%
-  slower at 30 s); no mask at all when no clip in the batch is padded (the flash kernel);
+- q, k, v as one fused projection (q's 1/sqrt(d) folded into its weights); padding keys are never attended, so
+  a clip's result does not depend on its batch: on CUDA through flash attention's variable-length form
+  (torch.nn.attention.varlen, or the aten op under it on an older torch), elsewhere scaled-dot-product
+  attention with the key-padding mask (the memory-efficient kernel: a 136 x 30 s forward took 92 ms against
+  63 ms with varlen, H200); no mask at all when no clip in the batch is padded;
 - the head's layer mix accumulated on the fly instead of a (B, 7, T, D) stack;
 - small batches replayed from CUDA graphs captured per (batch, length) bucket: one launch instead of hundreds;
-- big batches (optional, `compile_big`, CUDA only) through one torch.compile of the same forward with dynamic
-  shapes: fused layer norms, GELUs and residual adds (a static compile took a 256 x 4 s forward from 15.1 to
-  9.9 ms on an H200, bench/inference.py --stages; the dynamic one is not timed apart); the first big batch pays
-  the compile (14 s static there), a failure falls back to the eager forward.
-Graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
-silent clips whose results are dropped: rows never mix); big batches are trimmed to their longest clip. The
-weights are a snapshot: build a new FastSpeech after the model's weights change (the Predictor builds one when it
-loads a model).
+  graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
+  silent clips whose results are dropped: rows never mix);
+- big batches (CUDA) packed: after the convolutions only the valid frames of all clips go through the layers,
+  laid end to end, so padding costs nothing; optionally (`compile_big`) through one torch.compile whose token
+  count, clip count and longest clip are dynamic sizes (fused layer norms, GELUs and residual adds; the first
+  big batch pays a ~15 s compile, a failure falls back to eager). Fully dynamic shapes ran no faster than eager
+  (bench/inference.py --stages). Without varlen (CPU, old torch) big batches run padded and eager.
+The weights are a snapshot: build a new FastSpeech after the model's weights change (the Predictor builds one
+when it loads a model).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import inspect
 import logging
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -80,6 +82,20 @@ def merged_weight(linear: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]
             weight = weight + linear.scale * (linear.lora_B.float() @ linear.lora_A.float())
         return weight, linear.base.bias
     return linear.weight.float(), linear.bias
+
+
+class Padded(NamedTuple):
+    """varlen_attn over a padded batch: clip i owns slots [starts[i], starts[i + 1]), its first valid[i] are real."""
+
+    starts: torch.Tensor  # (B + 1,) int32
+    valid: torch.Tensor  # (B,) int32
+
+
+class Packed(NamedTuple):
+    """varlen_attn over clips laid end to end: clip i is tokens [starts[i], starts[i + 1])."""
+
+    starts: torch.Tensor  # (B + 1,) int32
+    longest: torch.Tensor  # empty, as long as the longest clip: a size, so a compiled stack stays shape-generic
 
 
 @dataclass
@@ -163,11 +179,9 @@ class FastSpeech:
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
 
     # -- the computation -------------------------------------------------------------------------------------
-    def _forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """wave (B, n) float32 zero-padded with >= N_FFT zeros after every clip, lengths (B,) -> logits, emb.
-        unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel)."""
+    def _front(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """wave (B, n) float32 zero-padded with >= N_FFT zeros after every clip, lengths (B,) -> the encoder's
+        input states (B, T, D) after the two convolutions and positions, and the valid-frame mask (B, T)."""
         if self.loudness:
             wave = normalize_loudness(wave, lengths)
         frames = wave.shape[1] // HOP_LENGTH
@@ -175,36 +189,54 @@ class FastSpeech:
         mask = torch.arange(frames // 2, device=wave.device)[None, :] < valid_frames(lengths, frames)[:, None]
         x = nn.functional.gelu(nn.functional.conv1d(mel, *self.conv1, padding=1))
         x = nn.functional.gelu(nn.functional.conv1d(x, *self.conv2, stride=2, padding=1)).transpose(1, 2)
-        x = x + self.positions[: x.shape[1]]
-        acc = x * self.mix[0]  # the head's layer mix, summed in place as the layers run (no 7-state stack)
-        attn_mask: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None
+        return x + self.positions[: x.shape[1]], mask
+
+    def _forward(
+        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The padded batch (graphs, CPU): _front, then every layer on (B, T, D) with padding keys never attended.
+        unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel)."""
+        x, mask = self._front(wave, lengths)
+        attn_mask: torch.Tensor | Padded | None = None
         if not unpadded:
             attn_mask = mask[:, None, None, :] if self.varlen is None else self._varlen_lengths(mask)
+        return self.head.from_mixed(self._stack(x, attn_mask).float(), mask)
+
+    def _stack(self, x: torch.Tensor, attn_mask) -> torch.Tensor:
+        """Every encoder layer -> the head's layer mix, accumulated as the layers run (no 7-state stack)."""
+        acc = x * self.mix[0]
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = self._layer(x, layer, attn_mask)
             state = nn.functional.layer_norm(x, x.shape[-1:], *self.final_ln, self.eps) if i == last else x
             acc.add_(state, alpha=self.mix[i + 1])
-        return self.head.from_mixed(acc.float(), mask)
+        return acc
+
+    def _packed_stack(self, tokens: torch.Tensor, starts: torch.Tensor, longest: torch.Tensor) -> torch.Tensor:
+        """_stack on the valid frames of all clips laid end to end, (N, D): no padding computed at all.
+        longest: an empty tensor whose length is the longest clip's frames (a size, so a compile stays generic)."""
+        return self._stack(tokens[None], Packed(starts, longest))[0]
 
     @staticmethod
-    def _varlen_lengths(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) valid-frame mask -> (cumulative starts (B + 1,), valid frames (B,)) int32 for varlen_attn:
-        every clip keeps its T padded slots, only its first `valid` keys are attended."""
+    def _varlen_lengths(mask: torch.Tensor) -> Padded:
+        """(B, T) valid-frame mask -> varlen_attn's view of the padded batch."""
         b, t = mask.shape
         starts = torch.arange(0, (b + 1) * t, t, device=mask.device, dtype=torch.int32)
-        return starts, mask.sum(1, dtype=torch.int32)
+        return Padded(starts, mask.sum(1, dtype=torch.int32))
 
-    def _layer(
-        self, x: torch.Tensor, w: FastLayer, attn_mask: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None
-    ) -> torch.Tensor:
+    def _layer(self, x: torch.Tensor, w: FastLayer, attn_mask: torch.Tensor | Padded | Packed | None) -> torch.Tensor:
         b, t, d = x.shape
         h = nn.functional.layer_norm(x, (d,), *w.ln1, self.eps)
         qkv = nn.functional.linear(h, w.qkv_w, w.qkv_b).view(b, t, 3, self.heads, d // self.heads)
-        if isinstance(attn_mask, tuple):  # flash varlen: tokens of all clips in one row, (B * T, heads, head_dim)
-            starts, valid = attn_mask
+        if isinstance(attn_mask, (Padded, Packed)):  # flash varlen: all clips' tokens in one row
             q, k, v = (qkv[:, :, i].reshape(b * t, self.heads, -1) for i in range(3))
-            a = self.varlen(q, k, v, starts, starts, t, t, scale=1.0, seqused_k=valid).reshape(b, t, d)
+            starts = attn_mask.starts
+            if isinstance(attn_mask, Padded):  # every clip keeps T slots, keys past its valid frames ignored
+                a = self.varlen(q, k, v, starts, starts, t, t, scale=1.0, seqused_k=attn_mask.valid)
+            else:  # clips end to end, nothing else
+                n = attn_mask.longest.shape[0]
+                a = self.varlen(q, k, v, starts, starts, n, n, scale=1.0, seqused_k=None)
+            a = a.reshape(b, t, d)
         else:
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
             a = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)
@@ -244,24 +276,49 @@ class FastSpeech:
                 return logits[:b].float(), emb[:b].float()
             frames = padded_frames(n)  # big batches: trimmed to the longest clip, as speech_forward does
             wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - n))
-            known = lengths if host_lengths is None else host_lengths  # device lengths: .all() waits for the GPU
-            unpadded = bool((valid_frames(known, frames) >= frames // 2).all())
-            logits, emb = self._big_forward(wave, lengths, unpadded)
+            known = lengths.cpu() if host_lengths is None else host_lengths  # from the device: waits for the GPU
+            valid = valid_frames(known, frames)
+            if self.varlen is not None:
+                return self._packed(wave, lengths, valid)
+            logits, emb = self._forward(wave, lengths, unpadded=bool((valid >= frames // 2).all()))
             return logits.float(), emb.float()
 
-    def _big_forward(
-        self, wave: torch.Tensor, lengths: torch.Tensor, unpadded: bool
+    def _packed(
+        self, wave: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """_forward for a batch too big for a graph: compiled once (dynamic shapes) if compile_big, else eager."""
+        """A batch too big for a graph, on CUDA: the front end on the padded batch, then the layers on the valid
+        frames alone, clips laid end to end (flash varlen attention), so padding costs nothing; compiled once
+        (compile_big) for any number of tokens. valid: each clip's valid frames, on the host (indices built
+        there: no device sync)."""
+        x, mask = self._front(wave, lengths)
+        b, t, d = x.shape
+        keep = torch.arange(t)[None, :] < valid[:, None]
+        index = (torch.arange(b)[:, None] * t + torch.arange(t)[None, :])[keep]
+        starts = torch.zeros(b + 1, dtype=torch.int32)
+        starts[1:] = valid.cumsum(0)
+        index, starts = (v.pin_memory().to(self.device, non_blocking=True) for v in (index, starts))
+        tokens = x.reshape(b * t, d).index_select(0, index)
+        longest = torch.empty(int(valid.max()), 0, device=self.device)
+        acc = self._stack_packed(tokens, starts, longest)
+        out = torch.zeros(b * t, d, dtype=acc.dtype, device=self.device).index_copy_(0, index, acc)
+        logits, emb = self.head.from_mixed(out.view(b, t, d).float(), mask)
+        return logits.float(), emb.float()
+
+    def _stack_packed(self, tokens: torch.Tensor, starts: torch.Tensor, longest: torch.Tensor) -> torch.Tensor:
+        """_packed_stack, through torch.compile if compile_big: the token count, the clip count and the longest
+        clip are dynamic sizes, everything else static (fully dynamic shapes ran no faster than eager, H200)."""
         if self.compile_big:
             try:
                 if self._compiled is None:
-                    self._compiled = torch.compile(self._forward, dynamic=True)
-                return self._compiled(wave, lengths, unpadded)
+                    self._compiled = torch.compile(self._packed_stack, dynamic=False)
+                for t in (tokens, starts, longest):
+                    if t.shape[0] > 1:  # sizes 0 and 1 are always specialised
+                        torch._dynamo.mark_dynamic(t, 0)
+                return self._compiled(tokens, starts, longest)
             except Exception:  # a compiler that fails here must not fail the request: eager computes the same
                 log.warning("torch.compile of the speech path failed; big batches run eagerly", exc_info=True)
                 self.compile_big = False
-        return self._forward(wave, lengths, unpadded)
+        return self._packed_stack(tokens, starts, longest)
 
     def _capture(self, size: int, frames: int) -> _Graph:
         graph = _Graph(self, size, frames)

@@ -436,7 +436,7 @@ def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengt
     from backend.fast_speech import _varlen_attn
     from backend.speech import valid_frames
 
-    frames = padded_frames(wave.shape[1])
+    raw, frames = wave, padded_frames(wave.shape[1])
     wave = torch.nn.functional.pad(wave, (0, frames * HOP_LENGTH - wave.shape[1]))
     unpadded = bool((valid_frames(host_lengths, frames) >= frames // 2).all())
     kept, out = fast.varlen, {"unpadded": unpadded}
@@ -468,6 +468,19 @@ def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengt
             except Exception as exc:  # a compiler or kernel failure must not lose the other figures
                 out[f"{attention}_{mode}"] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
     fast.varlen = kept
+    for mode, flag in (("eager", False), ("compiled", True)):  # the shipped big-batch path: packed valid frames
+        torch._dynamo.reset()
+        fast.compile_big, fast._compiled = flag, None
+        try:
+            t0 = time.perf_counter()
+            fast(raw, lengths, host_lengths=host_lengths)
+            sync(device)
+            out[f"packed_{mode}"] = {
+                "first_call_s": time.perf_counter() - t0,
+                "forward_ms": timed_ms(lambda: fast(raw, lengths, host_lengths=host_lengths), device),
+            }
+        except Exception as exc:
+            out[f"packed_{mode}"] = {"error": f"{type(exc).__name__}: {exc}"[:600]}
     torch._dynamo.reset()
     return out
 
