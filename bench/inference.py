@@ -332,7 +332,7 @@ def run(args: argparse.Namespace) -> dict:
         if args.profile and "ours" in impls:
             report["profile"] = profile_ours(impls["ours"], device)
         if args.stages:
-            report["stages"] = [stages(impls, device, b, s) for b, s in ((256, 4.0), (136, 30.0))]
+            report["stages"] = [stages(impls, device, b, s, args.variants) for b, s in ((256, 4.0), (136, 30.0))]
         if args.compile:
             try:
                 report["compiled"] = compiled_rows(model, impls["ours"], device, args)
@@ -403,7 +403,7 @@ def timed_ms(fn: Callable[[], object], device: torch.device, reps: int = 10) -> 
     return 1000 * float(np.median(times))
 
 
-def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float = 4.0) -> dict:
+def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float = 4.0, variants: str = "") -> dict:
     """Where a whole call's time goes, ours beside the plain anchor on the same clips: padding on the host,
     the host-to-device copy, the forward alone (inputs already on the device), and the whole call."""
     clips = make_clips(batch, seconds, seed=7)
@@ -422,17 +422,20 @@ def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float =
         model = impls["ours"].predictor.model
         out["ours_embed_batched_ms"] = timed_ms(lambda: speech_embed_batched(model, clips, fast=fast), device)
         if device.type == "cuda":
-            out["ours_compiled_forward"] = compiled_forward(fast, wave, dev_lengths, lengths, device)
+            out["ours_compiled_forward"] = compiled_forward(fast, wave, dev_lengths, lengths, device, variants)
     if "plain" in impls:
         out["plain_forward_ms"] = timed_ms(lambda: impls["plain"].forward(wave), device)
         out["plain_call_ms"] = timed_ms(lambda: impls["plain"](clips), device)
     return out
 
 
-def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor, device) -> dict:
+def compiled_forward(
+    fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor, device, only: str = ""
+) -> dict:
     """The fast path's forward on one big batch, each way it can run: attention (masked scaled-dot-product vs
     flash varlen) x compilation (eager; torch.compile static, batch-dynamic, fully dynamic), with each compile's
-    cost. Which pays, at this shape?"""
+    cost; then the shipped big-batch path (packed valid frames), eager and compiled. Which pays, at this shape?
+    only: the padded variants to time, e.g. "sdpa_eager,varlen_static" (all when empty)."""
     from backend.fast_speech import _varlen_attn
     from backend.speech import valid_frames
 
@@ -447,6 +450,8 @@ def compiled_forward(fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengt
             continue
         fast.varlen = fn
         for mode in ("eager", "static", "batch_dynamic", "dynamic"):
+            if only and f"{attention}_{mode}" not in only.split(","):
+                continue
             torch._dynamo.reset()
             try:
                 t0 = time.perf_counter()
@@ -573,6 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
     p.add_argument("--stages", action="store_true", help="also time each step of one call, ours beside plain")
+    p.add_argument("--variants", default="", help="--stages: padded forward variants to time (all when empty)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile'd encoder layers (CUDA)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None)
