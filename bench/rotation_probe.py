@@ -1,0 +1,74 @@
+"""Diagnostic (GPU): one big batch's call time when inputs rotate between sets (as bench/inference.py's rows do)
+vs the same input repeated (as --stages does), packed path compiled and eager, with dynamo's counters and a
+profile of one rotated call. Prints JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from backend.branches import speech_embed_batched
+from backend.fast_speech import FastSpeech
+from backend.model import EmotionModel
+from backend.settings import load_settings
+from bench.inference import make_clips
+
+
+def timed(fn, reps: int) -> list[float]:
+    out = []
+    for i in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn(i)
+        torch.cuda.synchronize()
+        out.append(round(1000 * (time.perf_counter() - t0), 2))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", required=True)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seconds", type=float, default=4.0)
+    args = p.parse_args()
+    model = EmotionModel.from_pretrained(args.model, cache=load_settings().cache, device="cuda").eval()
+    pool = make_clips(2 * args.batch, args.seconds, seed=4)
+    sets = [pool[: args.batch], pool[args.batch :]]
+    report = {}
+    for compile_big in (True, False):
+        fast = FastSpeech(model, compile_big=compile_big)
+        with torch.inference_mode():
+            run = lambda i, fast=fast: speech_embed_batched(model, sets[i % 2], fast=fast)  # noqa: E731
+            same = lambda i, fast=fast: speech_embed_batched(model, sets[0], fast=fast)  # noqa: E731
+            first = timed(run, 2)
+            rotated, repeated = timed(run, 8), timed(same, 8)
+            from torch._dynamo.utils import counters
+
+            with torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+            ) as prof:
+                run(1)
+                run(0)
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        top_cpu = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        report[f"compile_{compile_big}"] = {
+            "first_two_ms": first,
+            "rotated_ms": rotated,
+            "repeated_ms": repeated,
+            "dynamo": {k: dict(v) for k, v in counters.items() if k in ("stats", "recompiles", "graph_break")},
+            "top_self_cpu_ms": [(e.key, e.count, round(e.self_cpu_time_total / 1000, 2)) for e in top_cpu],
+            "compile_kept": fast.compile_big,
+        }
+        print(json.dumps(report[f"compile_{compile_big}"]), flush=True)
+
+
+if __name__ == "__main__":
+    main()
