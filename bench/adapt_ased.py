@@ -123,6 +123,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=POOLS,
         help="where the corrections come from: ASED train speakers, or (control) RAVDESS training actors 1-16",
     )
+    p.add_argument(
+        "--gold-share",
+        type=float,
+        default=GOLD_SHARE,
+        help="share of the clips marked gold (the same votes at any share: the draw per clip is kept)",
+    )
     p.add_argument("--cpu", action="store_true")
     p.add_argument("--audit-only", action="store_true", help="build the stores only: the gate's gold audit of each")
     p.add_argument(
@@ -173,11 +179,13 @@ def setting_tag(args: argparse.Namespace) -> str:
     else e.g. 'ravdess-train-coordinated-poisoned': what keeps other settings' results apart."""
     parts = [args.pool] if args.pool != POOLS[0] else []
     parts += [args.population] if args.population != DEFAULT_POPULATION else []
-    return "-".join(parts + (["poisoned"] if args.poisoned else []))
+    parts += ["poisoned"] if args.poisoned else []
+    return "-".join(parts + ([f"gold{args.gold_share:g}"] if args.gold_share != GOLD_SHARE else []))
 
 
 def setting(args: argparse.Namespace) -> dict:
-    return {"pool": args.pool, "population": args.population, "poisoned": args.poisoned}
+    out = {"pool": args.pool, "population": args.population, "poisoned": args.poisoned}
+    return out | ({"gold_share": args.gold_share} if args.gold_share != GOLD_SHARE else {})
 
 
 def crowd(population: str) -> list[Annotator]:
@@ -210,6 +218,7 @@ def fill_store(
     annotators: list[Annotator],
     seed: int,
     version: str = "base",
+    gold_share: float = GOLD_SHARE,
 ) -> tuple[dict, dict[str, int]]:
     """Import the clips with the base model's prediction, crowd votes (VOTES_PER_CLIP distinct annotators drawn
     per clip) and gold marks; returns (counts, true label id per clip id)."""
@@ -223,7 +232,7 @@ def fill_store(
             )
             truth[clip] = ex.label
             store.add_prediction(clip, version, probs)
-            if rng.random() < GOLD_SHARE:
+            if rng.random() < gold_share:
                 store.add_gold(clip, LABELS[ex.label])
             for i in rng.choice(len(annotators), size=VOTES_PER_CLIP, replace=False):
                 annotator = annotators[int(i)]
@@ -328,7 +337,7 @@ def audit_only(args: argparse.Namespace, clip_pool: list[Example]) -> dict:
             work.mkdir(parents=True)
             wavs, preds = [encode_wav(w) for w in load_clips(clips)], [uniform] * n
             db = work / ("crowd.db" if args.poisoned else "studio.db")
-            _, truth = fill_store(db, clips, wavs, preds, crowd(args.population), seed)
+            _, truth = fill_store(db, clips, wavs, preds, crowd(args.population), seed, gold_share=args.gold_share)
             if args.poisoned:
                 undefended_copy(db, work / "studio.db", wavs, preds)
             with Store.open(work / "studio.db") as store:
@@ -347,7 +356,9 @@ def one_run(args, work: Path, clips, audio, base, scoring, seed: int) -> dict:
     work.mkdir(parents=True)
     wavs, preds = [encode_wav(w) for w in audio], base_predictions(base, audio)
     db = work / ("crowd.db" if args.poisoned else "studio.db")
-    votes, truth = fill_store(db, clips, wavs, preds, crowd(args.population), seed, base.version)
+    votes, truth = fill_store(
+        db, clips, wavs, preds, crowd(args.population), seed, base.version, gold_share=args.gold_share
+    )
     if args.poisoned:
         undefended_copy(db, work / "studio.db", wavs, preds)
     summary, seconds = run_retrain(retrain_command(args, work, seed), work)
@@ -464,7 +475,7 @@ def main(argv: list[str] | None = None) -> dict:
         "crowd": {
             "annotators": {a.name: "hostile" if a.hostile else "honest" for a in crowd(args.population)},
             "votes_per_clip": VOTES_PER_CLIP,
-            "gold_share": GOLD_SHARE,
+            "gold_share": args.gold_share,
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "json")},
         "base_unseen_speakers": base_unseen,
