@@ -42,6 +42,7 @@ def main() -> None:
     model = EmotionModel.from_pretrained(args.model, cache=load_settings().cache, device="cuda").eval()
     pool = make_clips(2 * args.batch, args.seconds, seed=4)
     sets = [pool[: args.batch], pool[args.batch :]]
+    other = make_clips(2 * args.batch, args.also_seconds, seed=5)
     report = {}
     for compile_big in (True, False):
         fast = FastSpeech(model, compile_big=compile_big)
@@ -68,7 +69,6 @@ def main() -> None:
             "top_self_cpu_ms": [(e.key, e.count, round(e.self_cpu_time_total / 1000, 2)) for e in top_cpu],
             "compile_kept": fast.compile_big,
         }
-        other = make_clips(2 * args.batch, args.also_seconds, seed=5)
         with torch.inference_mode():
             run2 = lambda i, fast=fast: speech_embed_batched(model, other[i % 2 :: 2], fast=fast)  # noqa: E731
             timed(run2, 2)
