@@ -296,7 +296,8 @@ class FastSpeech:
         index = (torch.arange(b)[:, None] * t + torch.arange(t)[None, :])[keep]
         starts = torch.zeros(b + 1, dtype=torch.int32)
         starts[1:] = valid.cumsum(0)
-        index, starts = (v.pin_memory().to(self.device, non_blocking=True) for v in (index, starts))
+        cuda = self.device.type == "cuda"
+        index, starts = ((v.pin_memory() if cuda else v).to(self.device, non_blocking=True) for v in (index, starts))
         tokens = x.reshape(b * t, d).index_select(0, index)
         longest = torch.empty(int(valid.max()), 0, device=self.device)
         acc = self._stack_packed(tokens, starts, longest)

@@ -16,7 +16,7 @@ from backend.branches import speech_embed_batched, speech_forward
 from backend.fast_speech import FRAME_BUCKET, FastSpeech
 from backend.model import EmotionModel
 from backend.settings import DEFAULT_MODEL_DIR, load_settings
-from backend.speech import pad_on_host
+from backend.speech import HOP_LENGTH, pad_on_host, padded_frames
 
 
 def clips(seed: int, sizes: tuple[int, ...]) -> list[np.ndarray]:
@@ -140,3 +140,38 @@ def test_varlen_attention_matches_the_masked_attention():
     assert (probs(got) - probs(ref)).abs().max() < 1e-2
     assert (emb - ref_emb).abs().max() / ref_emb.abs().max() < 2e-2
     assert (probs(alone) - probs(got[:3])).abs().max() < 1e-2
+
+
+def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale, seqused_k):
+    """varlen_attn's contract in plain torch (CPU): each clip [cu[i], cu[i + 1]) attends to its own first
+    seqused_k[i] keys (all of them when None)."""
+    out = torch.empty_like(q)
+    for i in range(len(cu_q) - 1):
+        a, b = int(cu_q[i]), int(cu_q[i + 1])
+        used = b - a if seqused_k is None else int(seqused_k[i])
+        qi, ki, vi = (x[a:b].transpose(0, 1) for x in (q, k, v))
+        ki, vi = ki[:, :used], vi[:, :used]
+        out[a:b] = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, scale=scale).transpose(0, 1)
+    return out
+
+
+def test_packed_big_batches_compute_the_padded_result(default_model):
+    """The packing itself (valid frames gathered end to end, starts, scattered back for the head), checked on the
+    CPU in float32 with varlen_attn's contract written out: the same numbers as the padded, masked forward."""
+    batch = clips(7, tuple(8_000 + 23_011 * i for i in range(18)))  # 0.5-25 s, over the graphs' 16
+    packed = FastSpeech(default_model, dtype=torch.float32, graphs=False)
+    packed.varlen = reference_varlen
+    padded = FastSpeech(default_model, dtype=torch.float32, graphs=False)
+    with torch.inference_mode():
+        got, emb = packed.embed(batch)
+        ref, ref_emb = padded.embed(batch)
+        padded_varlen = FastSpeech(default_model, dtype=torch.float32, graphs=False)
+        padded_varlen.varlen = reference_varlen
+        host, lengths = pad_on_host([batch[0], batch[5]])  # a padded pair: varlen over slots vs the mask
+        wave = torch.nn.functional.pad(host, (0, padded_frames(host.shape[1]) * HOP_LENGTH - host.shape[1]))
+        x, mask = padded_varlen._front(wave, lengths)
+        via_slots = padded_varlen._stack(x, padded_varlen._varlen_lengths(mask))
+        via_mask = padded._stack(x, mask[:, None, None, :])
+    assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
+    assert torch.allclose(emb, ref_emb, atol=1e-4)
+    assert torch.allclose(via_slots[mask], via_mask[mask], atol=1e-4)
