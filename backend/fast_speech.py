@@ -151,6 +151,7 @@ class FastSpeech:
         graphs: bool = True,
         compile_big: bool = False,
         varlen: bool = True,
+        pack: bool = True,
     ) -> None:
         backbone = model.speech
         assert backbone.kind == "whisper", "the fast path is for Whisper encoders"
@@ -177,6 +178,7 @@ class FastSpeech:
         self._compiled = None
         usable = model.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
+        self.pack = pack  # big batches with varlen: only valid frames through the layers (False: padded slots)
 
     # -- the computation -------------------------------------------------------------------------------------
     def _front(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,7 +280,7 @@ class FastSpeech:
             wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - n))
             known = lengths.cpu() if host_lengths is None else host_lengths  # from the device: waits for the GPU
             valid = valid_frames(known, frames)
-            if self.varlen is not None:
+            if self.varlen is not None and self.pack:
                 return self._packed(wave, lengths, valid)
             logits, emb = self._forward(wave, lengths, unpadded=bool((valid >= frames // 2).all()))
             return logits.float(), emb.float()
