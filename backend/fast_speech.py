@@ -13,10 +13,11 @@ stacks all seven hidden states, and launches ~300 small kernels a batch. Here, b
   graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
   silent clips whose results are dropped: rows never mix);
 - big batches (CUDA) packed: after the convolutions only the valid frames of all clips go through the layers,
-  laid end to end, so padding costs nothing; optionally (`compile_big`) through one torch.compile whose token
-  count, clip count and longest clip are dynamic sizes (fused layer norms, GELUs and residual adds; the first
-  big batch pays a ~15 s compile, a failure falls back to eager). Fully dynamic shapes ran no faster than eager
-  (bench/inference.py --stages). Without varlen (CPU, old torch) big batches run padded and eager.
+  laid end to end, so padding costs nothing (a 256 x 4 s forward 14.2 -> 10.6 ms, 136 x 30 s 62.7 -> 47.1 ms
+  against the padded varlen forward, H200, bench/inference.py --stages). Not compiled: torch.compile of the
+  packed layers saved nothing at 4 s and 6% at 30 s, fully dynamic shapes ran no faster than eager, and with
+  inputs changing call to call (bench/inference.py's rows) the compiled 4 s batches ran 3x slower than eager.
+  Without varlen (CPU, old torch) big batches run padded.
 The weights are a snapshot: build a new FastSpeech after the model's weights change (the Predictor builds one
 when it loads a model).
 """
@@ -95,7 +96,7 @@ class Packed(NamedTuple):
     """varlen_attn over clips laid end to end: clip i is tokens [starts[i], starts[i + 1])."""
 
     starts: torch.Tensor  # (B + 1,) int32
-    longest: torch.Tensor  # empty, as long as the longest clip: a size, so a compiled stack stays shape-generic
+    longest: int  # the longest clip's frames
 
 
 @dataclass
@@ -149,7 +150,6 @@ class FastSpeech:
         model: EmotionModel,
         dtype: torch.dtype = torch.bfloat16,
         graphs: bool = True,
-        compile_big: bool = False,
         varlen: bool = True,
         pack: bool = True,
     ) -> None:
@@ -174,8 +174,6 @@ class FastSpeech:
         self.graphs_enabled = graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], _Graph] = {}
         self._pool = None
-        self.compile_big = compile_big and self.device.type == "cuda"  # on a CPU the compile costs more than it saves
-        self._compiled = None
         usable = model.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
         self.pack = pack  # big batches with varlen: only valid frames through the layers (False: padded slots)
@@ -214,9 +212,8 @@ class FastSpeech:
             acc.add_(state, alpha=self.mix[i + 1])
         return acc
 
-    def _packed_stack(self, tokens: torch.Tensor, starts: torch.Tensor, longest: torch.Tensor) -> torch.Tensor:
-        """_stack on the valid frames of all clips laid end to end, (N, D): no padding computed at all.
-        longest: an empty tensor whose length is the longest clip's frames (a size, so a compile stays generic)."""
+    def _packed_stack(self, tokens: torch.Tensor, starts: torch.Tensor, longest: int) -> torch.Tensor:
+        """_stack on the valid frames of all clips laid end to end, (N, D): no padding computed at all."""
         return self._stack(tokens[None], Packed(starts, longest))[0]
 
     @staticmethod
@@ -236,7 +233,7 @@ class FastSpeech:
             if isinstance(attn_mask, Padded):  # every clip keeps T slots, keys past its valid frames ignored
                 a = self.varlen(q, k, v, starts, starts, t, t, scale=1.0, seqused_k=attn_mask.valid)
             else:  # clips end to end, nothing else
-                n = attn_mask.longest.shape[0]
+                n = attn_mask.longest
                 a = self.varlen(q, k, v, starts, starts, n, n, scale=1.0, seqused_k=None)
             a = a.reshape(b, t, d)
         else:
@@ -289,9 +286,8 @@ class FastSpeech:
         self, wave: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch too big for a graph, on CUDA: the front end on the padded batch, then the layers on the valid
-        frames alone, clips laid end to end (flash varlen attention), so padding costs nothing; compiled once
-        (compile_big) for any number of tokens. valid: each clip's valid frames, on the host (indices built
-        there: no device sync)."""
+        frames alone, clips laid end to end (flash varlen attention), so padding costs nothing. valid: each clip's
+        valid frames, on the host (indices built there: no device sync)."""
         x, mask = self._front(wave, lengths)
         b, t, d = x.shape
         keep = torch.arange(t)[None, :] < valid[:, None]
@@ -301,27 +297,10 @@ class FastSpeech:
         cuda = self.device.type == "cuda"
         index, starts = ((v.pin_memory() if cuda else v).to(self.device, non_blocking=True) for v in (index, starts))
         tokens = x.reshape(b * t, d).index_select(0, index)
-        longest = torch.empty(int(valid.max()), 0, device=self.device)
-        acc = self._stack_packed(tokens, starts, longest)
+        acc = self._packed_stack(tokens, starts, int(valid.max()))
         out = torch.zeros(b * t, d, dtype=acc.dtype, device=self.device).index_copy_(0, index, acc)
         logits, emb = self.head.from_mixed(out.view(b, t, d).float(), mask)
         return logits.float(), emb.float()
-
-    def _stack_packed(self, tokens: torch.Tensor, starts: torch.Tensor, longest: torch.Tensor) -> torch.Tensor:
-        """_packed_stack, through torch.compile if compile_big: the token count, the clip count and the longest
-        clip are dynamic sizes, everything else static (fully dynamic shapes ran no faster than eager, H200)."""
-        if self.compile_big:
-            try:
-                if self._compiled is None:
-                    self._compiled = torch.compile(self._packed_stack, dynamic=False)
-                for t in (tokens, starts, longest):
-                    if t.shape[0] > 1:  # sizes 0 and 1 are always specialised
-                        torch._dynamo.mark_dynamic(t, 0)
-                return self._compiled(tokens, starts, longest)
-            except Exception:  # a compiler that fails here must not fail the request: eager computes the same
-                log.warning("torch.compile of the speech path failed; big batches run eagerly", exc_info=True)
-                self.compile_big = False
-        return self._packed_stack(tokens, starts, longest)
 
     def _capture(self, size: int, frames: int) -> _Graph:
         graph = _Graph(self, size, frames)

@@ -89,7 +89,7 @@ class Predictor:
             return None
         try:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-            return FastSpeech(self.model, dtype=dtype, compile_big=self.settings.speech_compile)
+            return FastSpeech(self.model, dtype=dtype)
         except Exception:  # an unusual backbone must not stop the app: the reference path computes the same
             log.warning("fast speech path unavailable; using the reference path", exc_info=True)
             return None

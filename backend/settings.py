@@ -30,7 +30,6 @@ class Settings:
     db_path: Path | None = None  # default: data_dir / "studio.db"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fast_speech: bool = True  # merged speech branch (backend.fast_speech): bf16 + CUDA graphs on GPU, fp32 on CPU
-    speech_compile: bool = True  # GPU batches over 16 clips through torch.compile (the first one pays the compile)
     cudnn_attention: bool = False  # on: 4-26% faster for bulk jobs of one clip length, slow on every new length
     max_audio_seconds: float = 600.0
     max_upload_mb: float = 200.0

@@ -102,23 +102,20 @@ def test_cuda_graphs_match_eager_and_autocast():
     assert (probs(graphed) - probs(ref)).abs().max() < 2e-2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the packed, compiled big-batch path is CUDA only")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the packed big-batch path (flash varlen) is CUDA only")
 def test_packed_big_batches_match_the_padded_path():
-    """Over 16 clips the layers run on the valid frames alone, laid end to end (compiled once, dynamic sizes):
-    the same numbers as the padded, masked path, for any batch, without a recompile falling back to eager."""
+    """Over 16 clips the layers run on the valid frames alone, laid end to end: the same numbers as the padded,
+    masked path, whatever else is in the batch."""
     model = load_default("cuda")
     batch = clips(5, tuple(16_000 + 9_973 * i for i in range(24)))  # 24 clips of 1-15 s: the big-batch path
     with torch.inference_mode():
-        compiled = FastSpeech(model, compile_big=True)
-        got, emb = compiled.embed(batch)
-        other, _ = compiled.embed(batch[3:23])  # other sizes: the same compiled stack, the same rows
-        eager, _ = FastSpeech(model, compile_big=False).embed(batch)
+        packed = FastSpeech(model)
+        got, emb = packed.embed(batch)
+        other, _ = packed.embed(batch[3:23])  # other neighbours, other sizes: the same rows
         padded, padded_emb = FastSpeech(model, graphs=False, varlen=False).embed(batch)
-    assert compiled.compile_big, "the compile fell back to eager"
     probs = lambda x: x.float().softmax(-1)  # noqa: E731
     assert (probs(got) - probs(padded)).abs().max() < 1e-2
     assert (emb - padded_emb).abs().max() / padded_emb.abs().max() < 2e-2
-    assert (probs(eager) - probs(got)).abs().max() < 1e-2
     assert (probs(other) - probs(got[3:23])).abs().max() < 1e-2
 
 
