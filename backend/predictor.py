@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0  # Whisper's positional table covers 30 s; longer audio is windowed
 LONG_CLIP_SECONDS = WHISPER_MAX_SECONDS  # longer audio can be analysed in steps (predict_steps)
-# timeline windows per step of a long analysis (~0.1 s of CPU each); on CUDA a step fits one captured graph, so
-# a person's long clip never waits for the big-batch compile (that is for batch jobs)
+# timeline windows per step of a long analysis (~0.1 s of CPU each); on CUDA a step fits one captured graph (one
+# launch), so other requests get the GPU between steps
 STEP_WINDOWS = {"cpu": 2, "cuda": GRAPH_MAX_BATCH}
 
 
