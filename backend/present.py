@@ -324,10 +324,14 @@ def _checks_cell(checks: list[dict[str, Any]]) -> str:
 
 
 def _audit_cell(audit: dict[str, Any]) -> str:
-    """'38/40 (95%)': the crowd's labels against gold on voted gold clips (train.gate's audit), '' for older runs."""
+    """'38/40 (95%, 90% CI 86-98%)': the crowd's labels against gold on voted gold clips (train.gate's audit), the
+    interval where the run recorded one; '' for older runs."""
     if not audit.get("n"):
         return ""
-    return f"{audit['agree']}/{audit['n']} ({audit['accuracy']:.0%})"
+    cell = f"{audit['agree']}/{audit['n']} ({audit['accuracy']:.0%}"
+    if audit.get("ci_low") is not None:
+        cell += f", 90% CI {100 * audit['ci_low']:.0f}-{100 * audit['ci_high']:.0f}%"
+    return cell + ")"
 
 
 def _ece_cell(calibration: dict[str, Any]) -> str:

@@ -228,6 +228,16 @@ def test_a_crowd_whose_labels_fail_the_gold_audit_promotes_nothing() -> None:
         GateConfig(audit_min=90)  # a percentage where a share belongs
 
 
+def test_the_audit_interval_is_wilsons() -> None:
+    """Known values of the Wilson score interval (90%): 38 of 40, all of 5, none of 5."""
+    from labeling.aggregate import wilson_interval
+
+    assert wilson_interval(38, 40) == pytest.approx((0.8597, 0.9833), abs=1e-4)
+    assert wilson_interval(5, 5) == pytest.approx((0.6488, 1.0), abs=1e-4)
+    assert wilson_interval(0, 5) == pytest.approx((0.0, 0.3512), abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
 def test_gold_audit_reads_the_crowds_label_not_the_gold_mark(tmp_path) -> None:
     """On a real store: the crowd's label of each voted gold clip, compared with its gold label."""
     from labeling.aggregate import gold_audit
@@ -244,5 +254,6 @@ def test_gold_audit_reads_the_crowds_label_not_the_gold_mark(tmp_path) -> None:
         store.add_gold(unvoted, "angry")
         labels = aggregate_labels(store)
     audit = gold_audit(labels)
-    assert audit == {"n": 12, "agree": 7, "accuracy": pytest.approx(7 / 12)}
+    assert {k: audit[k] for k in ("n", "agree")} == {"n": 12, "agree": 7} and audit["accuracy"] == pytest.approx(7 / 12)
+    assert 0.35 < audit["ci_low"] < 7 / 12 < audit["ci_high"] < 0.8  # Wilson 90%: 12 clips say little
     assert all(c.label == "sad" for c in labels if c.n_votes)  # training itself uses the gold mark

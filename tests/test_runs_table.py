@@ -40,5 +40,7 @@ def test_runs_table_shows_the_gate_figures() -> None:
     assert first["McNemar p"] == 0.0547 and first["test"] == "paired bootstrap ..."
     assert first["dev checks"] == "2/2 ok; worst ravdess_dev accuracy -0.010 (margin 0.032)"
     assert first["ECE before->after"] == "speech 0.200->0.050"
-    assert first["crowd vs gold"] == "38/40 (95%)" and table.iloc[1]["crowd vs gold"] == ""
+    assert first["crowd vs gold"] == "38/40 (95%)" and table.iloc[1]["crowd vs gold"] == ""  # no interval recorded
+    metrics["audit"] |= {"ci_low": 0.8597, "ci_high": 0.9833}
+    assert present.runs_table(runs).iloc[0]["crowd vs gold"] == "38/40 (95%, 90% CI 86-98%)"
     assert table.iloc[1]["gain [CI]"] == "" and table.iloc[1]["decision"] == "rejected"
