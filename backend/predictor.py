@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -122,8 +123,9 @@ class Predictor:
         work = _Work(notes={i: [] for i in range(len(samples))}, speakers=list(speakers or [None] * len(samples)))
         assert len(work.speakers) == len(samples), "one SpeakerStats (or None) per sample"
         with self.lock, torch.inference_mode(), self._autocast():
+            transcripts = self._start_asr(samples)  # CTranslate2 transcribes while the audio branch runs
             self._run_speech(samples, work, update_speakers)
-            self._run_asr(samples, work)
+            work.transcripts.update(transcripts() if transcripts else {})
             self._run_text(samples, work)
             self._run_faces(samples, work, faces_are_crops)
             fused = self._fuse_all(len(samples), work)
@@ -174,7 +176,7 @@ class Predictor:
         return [Segment(a / SAMPLE_RATE, b / SAMPLE_RATE, probs_dict(p)) for (a, b), p in zip(ranges, probs)]
 
     def _asr_pieces(self, sample: Sample) -> list[np.ndarray]:
-        """The 30 s pieces _run_asr would transcribe for this sample (none without ASR or with given text)."""
+        """The 30 s pieces of this sample to transcribe (none without ASR or with given text)."""
         if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper" or sample.text:
             return []
         step = int(WHISPER_MAX_SECONDS * SAMPLE_RATE)
@@ -255,24 +257,37 @@ class Predictor:
         logits[rows] = shifted_speech_logits(self.model, emb[rows], shift)
         return logits
 
-    def _run_asr(self, samples: list[Sample], work: _Work) -> None:
-        if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper":
-            return
-        from backend.asr import transcribe
-
-        todo = [i for i, smp in enumerate(samples) if smp.audio is not None and not smp.text]
+    def _start_asr(self, samples: list[Sample]) -> Callable[[], dict[int, str]] | None:
+        """Start transcribing the samples' audio (none without ASR or with given text); returns what collects the
+        transcripts per sample. CTranslate2 runs on its own threads without the GIL, so it is submitted now and
+        overlaps the audio branch; the transformers fallback runs when collected, in turn, because it shares the
+        backbone (its adapters switched off while it runs)."""
         chunks, owners = [], []
-        for i in todo:
-            audio = samples[i].audio
-            step = int(WHISPER_MAX_SECONDS * SAMPLE_RATE)
-            for a in range(0, len(audio), step):
-                chunks.append(audio[a : a + step])
-                owners.append(i)
+        for i, smp in enumerate(samples):
+            pieces = self._asr_pieces(smp) if smp.audio is not None else []
+            chunks += pieces
+            owners += [i] * len(pieces)
         if not chunks:
-            return
-        texts = transcribe(self.model.speech, chunks, language=self.settings.asr_language, device=self.device)
-        for i, t in zip(owners, texts):
-            work.transcripts[i] = (work.transcripts.get(i, "") + " " + t).strip()
+            return None
+        from backend import asr
+
+        language, engine = self.settings.asr_language, asr.ct2_engine(self.model.speech, self.device)
+        if engine is None:
+            texts = lambda: asr.transformers_transcribe(self.model.speech, chunks, language=language)  # noqa: E731
+        else:
+            texts = self._asr_pool.submit(asr.ct2_transcribe, engine, chunks, language=language).result
+
+        def collect() -> dict[int, str]:
+            out: dict[int, str] = {}
+            for i, t in zip(owners, texts()):
+                out[i] = (out.get(i, "") + " " + t).strip()
+            return out
+
+        return collect
+
+    @functools.cached_property
+    def _asr_pool(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
 
     def _run_text(self, samples: list[Sample], work: _Work) -> None:
         idx, texts = [], []

@@ -2,9 +2,10 @@
 
 Word error rate of the new transcripts against the old ones (the app's output until now), then, in one run on
 this machine and interleaved so load affects both alike: transcription alone old vs new, the predictor with
-transcription old vs new, and the audio-only predictor, on one ~4 s clip.
+transcription old vs new (new: transcription beside the audio branch, and in turn), and the audio-only predictor,
+on one ~4 s clip.
 
-    python bench/asr.py --actors 17,18,19,20 --repeat 7 [--limit 40] [--out runs/bench/asr.json]
+    python bench/asr.py --actors 17,18,19,20 --repeat 7 [--limit 40] [--typical 6] [--out runs/bench/asr.json]
 
 Prints JSON (medians with min/max and n; seconds).
 """
@@ -20,6 +21,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from unittest import mock
 
@@ -91,6 +93,15 @@ def compare_transcripts(predictor: Predictor, clips: list) -> tuple[dict, list[d
     return wer(olds, news), differing
 
 
+class InlinePool:
+    """An executor that runs what is submitted at once, in the caller's thread."""
+
+    def submit(self, fn: Callable[..., object], *args: object, **kwargs: object) -> Future:
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
 def speed(predictor: Predictor, audio_only: Predictor, clip, repeat: int) -> dict:
     """Interleaved timings on one clip: each round runs every variant once."""
     speech, engine = predictor.model.speech, asr.ct2_engine(predictor.model.speech, predictor.device)
@@ -106,7 +117,12 @@ def speed(predictor: Predictor, audio_only: Predictor, clip, repeat: int) -> dic
         with mock.patch.object(asr, "ct2_engine", lambda *a, **k: None):
             return predictor.predict(sample)
 
+    def sequential_predict() -> object:  # the transcription run in turn, not beside the audio branch
+        with mock.patch.dict(predictor.__dict__, {"_asr_pool": InlinePool()}):  # shadows the cached pool
+            return predictor.predict(sample)
+
     variants["predictor_asr_old"] = old_predict
+    variants["predictor_asr_new_sequential"] = sequential_predict
     for fn in variants.values():  # warm-up: first calls allocate and load
         fn()
     times: dict[str, list[float]] = {name: [] for name in variants}
@@ -116,6 +132,9 @@ def speed(predictor: Predictor, audio_only: Predictor, clip, repeat: int) -> dic
     out = {name: stats(values) for name, values in times.items()}
     base = out["audio_only_predictor"]["median_s"]
     out["ratio_predictor_asr_new_to_audio_only"] = round(out["predictor_asr_new"]["median_s"] / base, 2)
+    out["ratio_predictor_asr_new_sequential_to_audio_only"] = round(
+        out["predictor_asr_new_sequential"]["median_s"] / base, 2
+    )
     out["ratio_predictor_asr_old_to_audio_only"] = round(out["predictor_asr_old"]["median_s"] / base, 2)
     out["speedup_transcribe"] = round(out["transcribe_old"]["median_s"] / out["transcribe_new"]["median_s"], 2)
     return out
@@ -127,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--limit", type=int, default=0, help="at most this many clips for the WER (0: all)")
     p.add_argument("--repeat", type=int, default=7)
     p.add_argument("--skip-wer", action="store_true")
+    p.add_argument("--typical", type=int, default=0, help="also time K dev clips of 3.3-3.9 s (most do not loop)")
     p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
@@ -152,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
         "load_avg_before": os.getloadavg(),
     }
     report["speed"] = speed(predictor, audio_only, four, args.repeat)
+    typical = [c for c in clips if 3.3 <= len(c) / SAMPLE_RATE <= 3.9][: args.typical]
+    if typical:
+        report["speed_typical_clips"] = [speed(predictor, audio_only, c, args.repeat) for c in typical]
     if not args.skip_wer:
         report["wer_new_vs_old"], differing = compare_transcripts(predictor, clips)
         report["differing_examples"] = differing[:10]

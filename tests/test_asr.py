@@ -121,3 +121,39 @@ def test_background_engine_threads_run_at_the_lowest_priority(whisper_base):
     nice = {tid: int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[16]) for tid in new}
     assert nice and all(value == 19 for value in nice.values()), nice
     assert os.getpriority(os.PRIO_PROCESS, 0) == 0  # the caller's own priority is untouched
+
+
+@pytest.mark.slow
+def test_the_predictor_transcribes_while_the_audio_branch_runs(monkeypatch):
+    """CTranslate2 works on its own threads: the Predictor submits the transcription before the audio branch
+    and collects it after, so the two overlap in time; the transcript is the one transcribe() gives."""
+    import threading
+    import time
+
+    from backend.model import EmotionModel
+    from backend.predictor import Predictor
+    from backend.settings import DEFAULT_MODEL_DIR, load_settings
+    from backend.types import Sample
+
+    settings = load_settings(asr=True)
+    predictor = Predictor(EmotionModel.from_pretrained(DEFAULT_MODEL_DIR, cache=settings.cache), settings)
+    spans: dict[str, tuple[float, float, int]] = {}
+
+    def timed(name, fn):
+        def run(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spans[name] = (start, time.perf_counter(), threading.get_ident())
+
+        return run
+
+    monkeypatch.setattr(asr, "ct2_transcribe", timed("asr", asr.ct2_transcribe))
+    monkeypatch.setattr(predictor, "_run_speech", timed("speech", predictor._run_speech))
+    clip = _read(CLIPS[0][0])
+    prediction = predictor.predict(Sample(audio=clip))
+    assert _words([prediction.transcript]) == _words([CLIPS[0][1]])
+    (a0, a1, asr_thread), (s0, s1, speech_thread) = spans["asr"], spans["speech"]
+    assert asr_thread != speech_thread == threading.get_ident()
+    assert a0 < s1 and s0 < a1, spans  # the two intervals intersect
