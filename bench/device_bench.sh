@@ -2,6 +2,8 @@
 # GPU figures on the lent offline machine (packs from train/pack_for_device.py; 64 MiB per call, so chain calls
 # back to back while the machine is warm):
 #   bash bench/device_bench.sh stash PART   copy .stash/PART into /root/stash
+#   (a part plus the tracked tree must stay under 64 MiB: MiniLM goes as m1a + m1b, `split -b 25M` halves of its
+#   model.safetensors joined on the machine with `cat part.aa part.ab > minilm/model.safetensors`)
 #   bash bench/device_bench.sh infer        bench/inference.py on CUDA (needs parts p1 + a)  -> $OUT/infer_gpu.json
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
 #   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)
