@@ -274,6 +274,8 @@ class Predictor:
         language, engine = self.settings.asr_language, asr.ct2_engine(self.model.speech, self.device)
         if engine is None:
             texts = lambda: asr.transformers_transcribe(self.model.speech, chunks, language=language)  # noqa: E731
+        elif not self.settings.asr_beside_audio:
+            texts = lambda: asr.ct2_transcribe(engine, chunks, language=language)  # noqa: E731
         else:
             texts = self._asr_pool.submit(asr.ct2_transcribe, engine, chunks, language=language).result
 

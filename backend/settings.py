@@ -39,6 +39,7 @@ class Settings:
     silence_rms: float = 1e-4  # below this RMS over the whole clip the audio counts as silence
     asr: bool = True  # transcribe speech for the text branch
     asr_language: str | None = None  # None: Whisper detects it
+    asr_beside_audio: bool = True  # CTranslate2 transcribes while the audio branch runs (off: one after the other)
     segment_seconds: float = 4.0  # timeline window
     segment_hop: float = 2.0
     timeline_min_seconds: float = 6.0  # clips at least this long get a timeline

@@ -127,6 +127,7 @@ def test_background_engine_threads_run_at_the_lowest_priority(whisper_base):
 def test_the_predictor_transcribes_while_the_audio_branch_runs(monkeypatch):
     """CTranslate2 works on its own threads: the Predictor submits the transcription before the audio branch
     and collects it after, so the two overlap in time; the transcript is the one transcribe() gives."""
+    import dataclasses
     import threading
     import time
 
@@ -157,3 +158,8 @@ def test_the_predictor_transcribes_while_the_audio_branch_runs(monkeypatch):
     (a0, a1, asr_thread), (s0, s1, speech_thread) = spans["asr"], spans["speech"]
     assert asr_thread != speech_thread == threading.get_ident()
     assert a0 < s1 and s0 < a1, spans  # the two intervals intersect
+    in_turn = Predictor(predictor.model, dataclasses.replace(settings, asr_beside_audio=False))  # the switch
+    monkeypatch.setattr(in_turn, "_run_speech", timed("speech", in_turn._run_speech))
+    assert _words([in_turn.predict(Sample(audio=clip)).transcript]) == _words([CLIPS[0][1]])
+    (a0, a1, asr_thread), (s0, s1, _) = spans["asr"], spans["speech"]
+    assert asr_thread == threading.get_ident() and s1 <= a0, spans  # after the audio branch, in this thread
