@@ -26,6 +26,7 @@ from backend.labels import LABELS, MODALITIES
 from backend.model import EmotionModel
 from backend.priority_lock import PriorityLock
 from backend.settings import Settings, load_settings
+from backend.speech import whisper_pieces
 from backend.types import SAMPLE_RATE, Face, ModalityResult, Prediction, Sample, Segment, probs_dict
 
 log = logging.getLogger(__name__)
@@ -179,8 +180,7 @@ class Predictor:
         """The 30 s pieces of this sample to transcribe (none without ASR or with given text)."""
         if not self.settings.asr or getattr(self.model.speech, "kind", "") != "whisper" or sample.text:
             return []
-        step = int(WHISPER_MAX_SECONDS * SAMPLE_RATE)
-        return [sample.audio[a : a + step] for a in range(0, len(sample.audio), step)]
+        return whisper_pieces([sample.audio])[0] if len(sample.audio) else []
 
     def _transcribe_step(self, piece: np.ndarray) -> str:
         """One piece of a long clip: CTranslate2's low-priority engine needs no lock (it shares no state with
@@ -261,31 +261,21 @@ class Predictor:
         """Start transcribing the samples' audio (none without ASR or with given text); returns what collects the
         transcripts per sample. CTranslate2 runs on its own threads without the GIL, so it is submitted now and
         overlaps the audio branch; the transformers fallback runs when collected, in turn, because it shares the
-        backbone (its adapters switched off while it runs)."""
-        chunks, owners = [], []
-        for i, smp in enumerate(samples):
-            pieces = self._asr_pieces(smp) if smp.audio is not None else []
-            chunks += pieces
-            owners += [i] * len(pieces)
-        if not chunks:
+        backbone (its adapters switched off while it runs). Both split clips over 30 s and join their texts."""
+        owners = [i for i, smp in enumerate(samples) if smp.audio is not None and self._asr_pieces(smp)]
+        if not owners:
             return None
         from backend import asr
 
-        language, engine = self.settings.asr_language, asr.ct2_engine(self.model.speech, self.device)
+        clips, language = [samples[i].audio for i in owners], self.settings.asr_language
+        engine = asr.ct2_engine(self.model.speech, self.device)
         if engine is None:
-            texts = lambda: asr.transformers_transcribe(self.model.speech, chunks, language=language)  # noqa: E731
+            texts = lambda: asr.transformers_transcribe(self.model.speech, clips, language=language)  # noqa: E731
         elif not self.settings.asr_beside_audio:
-            texts = lambda: asr.ct2_transcribe(engine, chunks, language=language)  # noqa: E731
+            texts = lambda: asr.ct2_transcribe(engine, clips, language=language)  # noqa: E731
         else:
-            texts = self._asr_pool.submit(asr.ct2_transcribe, engine, chunks, language=language).result
-
-        def collect() -> dict[int, str]:
-            out: dict[int, str] = {}
-            for i, t in zip(owners, texts()):
-                out[i] = (out.get(i, "") + " " + t).strip()
-            return out
-
-        return collect
+            texts = self._asr_pool.submit(asr.ct2_transcribe, engine, clips, language=language).result
+        return lambda: {i: text.strip() for i, text in zip(owners, texts())}
 
     @functools.cached_property
     def _asr_pool(self) -> ThreadPoolExecutor:

@@ -422,14 +422,14 @@ def stages(impls: dict, device: torch.device, batch: int = 256, seconds: float =
         model = impls["ours"].predictor.model
         out["ours_embed_batched_ms"] = timed_ms(lambda: speech_embed_batched(model, clips, fast=fast), device)
         if device.type == "cuda":
-            out["ours_compiled_forward"] = compiled_forward(fast, wave, dev_lengths, lengths, device, variants)
+            out["ours_compiled_forward"] = forward_variants(fast, wave, dev_lengths, lengths, device, variants)
     if "plain" in impls:
         out["plain_forward_ms"] = timed_ms(lambda: impls["plain"].forward(wave), device)
         out["plain_call_ms"] = timed_ms(lambda: impls["plain"](clips), device)
     return out
 
 
-def compiled_forward(
+def forward_variants(
     fast, wave: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor, device, only: str = ""
 ) -> dict:
     """The fast path's forward on one big batch, each way it can run: attention (masked scaled-dot-product vs

@@ -13,7 +13,8 @@ that is not better is at most alpha).
 Gold audit: the held-out labels come from the same crowd as the training labels, so a crowd that poisons both can
 make a poisoned challenger look better. Before any of that counts, the crowd's own labels (reliability-weighted,
 without the gold mark) must match gold on at least `audit_min` (90%) of the gold clips that have votes, once
-`audit_min_n` (10) of them do (labeling.aggregate.gold_audit); below, nothing is promoted.
+`audit_min_n` (10) of them do (labeling.aggregate.gold_audit); below that floor nothing is promoted (with fewer
+voted gold clips the audit is recorded but not judged).
 
 Dev sets are fixed subsets (same seed, same examples) of the splits no training ever sees: RAVDESS dev actors
 17-20 (speech branch), GoEmotions-ekman dev single-label (text branch), FER2013 val (face branch). The held-out
