@@ -152,6 +152,7 @@ class FastSpeech:
         graphs: bool = True,
         varlen: bool = True,
         pack: bool = True,
+        side_copy: bool = True,
     ) -> None:
         backbone = model.speech
         assert backbone.kind == "whisper", "the fast path is for Whisper encoders"
@@ -177,6 +178,7 @@ class FastSpeech:
         usable = model.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
         self.pack = pack  # big batches with varlen: only valid frames through the layers (False: padded slots)
+        self.copy_stream = torch.cuda.Stream(self.device) if side_copy and self.device.type == "cuda" else None
 
     # -- the computation -------------------------------------------------------------------------------------
     def _front(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -248,8 +250,22 @@ class FastSpeech:
     def embed(self, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips (1-D arrays, <= 30 s) -> logits (B, 7), embeddings (B, E) float32 on the device."""
         host, lengths = pad_on_host(clips, pin=self.device.type == "cuda")
-        wave = host.to(self.device, non_blocking=True)
-        return self(wave, lengths.to(self.device, non_blocking=True), host_lengths=lengths)
+        wave, device_lengths = self._upload(host, lengths)
+        return self(wave, device_lengths, host_lengths=lengths)
+
+    def _upload(self, host: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Host batch -> device. On CUDA the copy runs on a side stream, so it overlaps the forward of the batch
+        queued before it (on the compute stream it would wait for that forward: 4.8 ms per 136 x 30 s, H200). The
+        copy waits for nothing: the host buffer is filled already and its device memory is new to the copy stream."""
+        if self.copy_stream is None:
+            return host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
+        compute = torch.cuda.current_stream(self.device)
+        with torch.cuda.stream(self.copy_stream):
+            out = host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
+        compute.wait_stream(self.copy_stream)  # what runs next on the compute stream waits for this copy only
+        for t in out:
+            t.record_stream(compute)  # allocated on the copy stream, used on the compute stream
+        return out
 
     # -- batching --------------------------------------------------------------------------------------------
     @staticmethod

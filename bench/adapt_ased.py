@@ -4,7 +4,7 @@ learns from crowd-labelled Amharic clips of one group of ASED speakers and is sc
 For every seed and every number of corrections N (nested: the first N of one shuffled list per seed) the real path
 runs: N clips of the adaptation speakers (ASED train speakers) go into a fresh store as the app imports them, with
 v1's prediction (the hard negative); simulated annotators vote (3 of 5 per clip: three honest, two noisy that
-answer at random 30% of the time), 10% of the clips are gold-marked; the store aggregates; then
+answer at random 30% of the time), 25% of the clips are gold-marked (--gold-share; 10% before); the store aggregates; then
 `python -m train.retrain` runs in a subprocess (training, recalibration, the statistical gate) from --base-model.
 Scored: UAR/accuracy on every clip of the unseen ASED test speakers (speech branch, true labels; ASED dev speakers
 are left alone), forgetting on RAVDESS actors 17-20 and the text and face dev sets (the gate's own figures,
@@ -19,7 +19,7 @@ champion vs challenger on the same examples), the gate's decision with its inter
 
 Hostile crowds (the populations and the poisoning of bench/hostile_crowd.py, on this informative setting):
 --population NAME replaces the default crowd by six honest annotators plus that hostile population (noisy,
-always_one, flipping, coordinated; `honest`: the six alone), still 3 votes per clip and 10% gold; --poisoned trains
+always_one, flipping, coordinated; `honest`: the six alone), still 3 votes per clip and 25% gold; --poisoned trains
 on a copy of the store where every vote is replaced by its clip's majority label (no reliability defence; the gate
 inside train.retrain then also judges on those labels). --pool ravdess-train is a control: the corrections are
 RAVDESS clips of the base model's own training actors (1-16), which teach it nothing new, so its loss on RAVDESS
@@ -84,7 +84,10 @@ log = logging.getLogger("adapt_ased")
 # (annotator, chance of answering at random; otherwise the true label): three honest, two noisy
 CROWD = (("honest:1", 0.05), ("honest:2", 0.1), ("honest:3", 0.15), ("noisy:1", 0.3), ("noisy:2", 0.3))
 VOTES_PER_CLIP = 3
-GOLD_SHARE = 0.1
+# ~100 voted gold clips at 400 corrections (~50 at 200): with 10% (~40) the gold audit let 2 of 18 poisoned
+# challengers through over 6 seeds, with 25% none (bench/results/gold_audit_share_ased.json)
+GOLD_SHARE = 0.25
+UNTAGGED_GOLD_SHARE = 0.1  # the share of the runs before: their folders and JSON carry no gold tag
 SIZES = (25, 50, 100, 200, 400)
 FIGURES = ("n", "accuracy", "uar", "macro_f1")
 DEFAULT_POPULATION = "default"  # CROWD above; any other name: bench/hostile_crowd.py's honest pool + that population
@@ -180,12 +183,11 @@ def setting_tag(args: argparse.Namespace) -> str:
     parts = [args.pool] if args.pool != POOLS[0] else []
     parts += [args.population] if args.population != DEFAULT_POPULATION else []
     parts += ["poisoned"] if args.poisoned else []
-    return "-".join(parts + ([f"gold{args.gold_share:g}"] if args.gold_share != GOLD_SHARE else []))
+    return "-".join(parts + ([f"gold{args.gold_share:g}"] if args.gold_share != UNTAGGED_GOLD_SHARE else []))
 
 
 def setting(args: argparse.Namespace) -> dict:
-    out = {"pool": args.pool, "population": args.population, "poisoned": args.poisoned}
-    return out | ({"gold_share": args.gold_share} if args.gold_share != GOLD_SHARE else {})
+    return {"pool": args.pool, "population": args.population, "poisoned": args.poisoned, "gold_share": args.gold_share}
 
 
 def crowd(population: str) -> list[Annotator]:
@@ -435,7 +437,8 @@ def resumed_runs(args: argparse.Namespace, json_path: Path) -> list[dict]:
     if not (args.resume and json_path.is_file()):
         return []
     report = json.loads(json_path.read_text())
-    theirs = report.get("setting", {"pool": POOLS[0], "population": DEFAULT_POPULATION, "poisoned": False})
+    legacy = {"pool": POOLS[0], "population": DEFAULT_POPULATION, "poisoned": False}
+    theirs = {"gold_share": UNTAGGED_GOLD_SHARE} | report.get("setting", legacy)  # no share written: 10%
     if theirs != setting(args):
         raise SystemExit(f"{json_path} holds runs of {theirs}, not {setting(args)}: give another --json")
     return report["runs"]

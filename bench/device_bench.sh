@@ -9,6 +9,7 @@
 #   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer5       infer4 + the step-by-step timing of one call (--stages) and torch.compile
 #   bash bench/device_bench.sh infer6       flash varlen attention vs masked SDPA x each compile mode (parts w, r, m1, m2)
+#   bash bench/device_bench.sh infer7       the shipped path end to end: side-stream copy, group sizes (w, r, m1a, m1b)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -77,6 +78,20 @@ case "$1" in
     python3 bench/inference.py --model /root/model --device cuda --impls ${IMPLS:-ours,branch,branch_sdpa,plain} \
       --batches ${BATCHES:-1,16,256,1024} --seconds 4,30 --budget-s 1 --stages --accuracy-data "$STASH/data" \
       --out "$OUT/infer_gpu6.json" 2>&1 | grep -v '^{.impl' | tee "$OUT/infer_gpu6.log"
+    python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3 ;;
+  infer7)  # issue 16: the shipped path end to end: the copy to the GPU on a side stream vs on the compute stream,
+    # group sizes, the CUDA tests, the rotation probe (packed vs padded, inputs rotated vs repeated)
+    bash train/device_job.sh deps && setup
+    EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
+      tests/test_batch_equals_single.py 2>&1 | tail -4
+    python3 bench/inference.py --model /root/model --device cuda \
+      --impls ${IMPLS:-ours,branch,branch_serial,branch@1024,branch@512/64,plain} --batches ${BATCHES:-1,16,256,1024} \
+      --seconds 4,30 --budget-s 1 --stages --variants sdpa_eager --accuracy-data "$STASH/data" \
+      --out "$OUT/infer_gpu7.json" 2>&1 | grep -v '^{.impl' | tail -5 | cut -c1-300
+    python3 -c "import json; d = json.load(open('$OUT/infer_gpu7.json'))
+for r in d['rows']: print(r['impl'], r['batch'], r['seconds'], round(r['clips_per_s']), round(r['p50_ms'], 2))"
+    python3 bench/rotation_probe.py --model /root/model > "$OUT/rotation_probe.json" 2>"$OUT/rotation_probe.log"
+    cut -c1-400 "$OUT/rotation_probe.json"
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3 ;;
   train)
     setup

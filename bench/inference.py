@@ -164,15 +164,23 @@ class OursBranch:
     """The Predictor's audio branch alone: its fast path through speech_embed_batched (length buckets, padding,
     copy, forward) and calibration to probabilities, without building Prediction objects."""
 
-    def __init__(self, ours: OursSpeech, varlen: bool = True) -> None:
-        self.predictor = ours.predictor
-        if not varlen and self.predictor.fast_speech is not None:  # the masked scaled-dot-product attention instead
-            self.predictor.fast_speech.varlen = None
+    def __init__(
+        self, ours: OursSpeech, varlen: bool = True, group: tuple[float, int] | None = None, side_copy: bool = True
+    ) -> None:
+        """group: (seconds, clips) per forward instead of backend.branches' GPU defaults; side_copy False: the
+        host-to-device copy on the compute stream (after the forward queued before it)."""
+        self.predictor, self.group = ours.predictor, group or (None, None)
+        fast = self.predictor.fast_speech
+        if not varlen and fast is not None:  # the masked scaled-dot-product attention instead
+            fast.varlen = None
+        if not side_copy and fast is not None:
+            fast.copy_stream = None
 
     @torch.inference_mode()
     def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
         p = self.predictor
-        logits, _ = speech_embed_batched(p.model, clips, fast=p.fast_speech)
+        seconds, batch = self.group
+        logits, _ = speech_embed_batched(p.model, clips, max_batch=batch, max_seconds=seconds, fast=p.fast_speech)
         return p.model.heads.gate.calibrated(logits.to(p.device), "speech").float().cpu().numpy()
 
 
@@ -268,6 +276,18 @@ def matmul_peak(device: torch.device, n: int = 8192) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - start)
 
 
+def branch_variant(model: EmotionModel, name: str) -> OursBranch:
+    """'branch@S' / 'branch@S/B': at most S seconds of audio (and B clips) per forward; 'branch_serial': the copy to
+    the GPU on the compute stream. Each its own Predictor, so the variants share no state."""
+    if name == "branch_serial":
+        return OursBranch(OursSpeech(model), side_copy=False)
+    head, _, spec = name.partition("@")
+    if head != "branch" or not spec:
+        raise SystemExit(f"unknown impl {name!r}")
+    seconds, _, batch = spec.partition("/")
+    return OursBranch(OursSpeech(model), group=(float(seconds), int(batch) if batch else 256))
+
+
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     settings = load_settings(device=args.device)
@@ -287,7 +307,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     impls: dict = {}
     for k in args.impls.split(","):
-        impls[k] = makers[k]()
+        impls[k] = makers[k]() if k in makers else branch_variant(model, k)
     rows = []
     batches = [int(b) for b in args.batches.split(",")]
     for seconds in [float(s) for s in args.seconds.split(",")]:
@@ -502,12 +522,13 @@ def roofline(model: EmotionModel, rows: list[dict], device: torch.device) -> dic
     peak = matmul_peak(device)
     out = {"bf16_matmul_peak_tflops": peak / 1e12, "rows": []}
     for r in rows:
-        if r["impl"] != "ours":
+        if r["impl"] not in ("ours", "branch"):
             continue
         flops = encoder_flops(model, int(r["seconds"] * SAMPLE_RATE))  # upper end: clips are 90-100% of this
         achieved = flops * r["clips_per_s"]
         out["rows"].append(
             {
+                "impl": r["impl"],
                 "batch": r["batch"],
                 "seconds": r["seconds"],
                 "gflop_per_clip": flops / 1e9,
@@ -571,7 +592,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--naive-max-batch", type=int, default=32, help="naive loop timed on at most this many clips")
     p.add_argument("--cpu-max-audio", type=float, default=300.0, help="CPU: skip configs with more audio per call")
     p.add_argument("--budget-s", type=float, default=2.0, help="time per configuration after the minimum reps")
-    p.add_argument("--impls", default="naive,ours", help="naive,naive_trim,eager,ours,branch,branch_sdpa,plain,plain30")
+    p.add_argument(
+        "--impls",
+        default="naive,ours",
+        help="naive,naive_trim,eager,ours,branch,branch_sdpa,branch_serial,branch@S[/B],plain,plain30",
+    )
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
     p.add_argument("--stages", action="store_true", help="also time each step of one call, ours beside plain")

@@ -122,12 +122,16 @@ def test_settings_keep_their_results_apart(tmp_path) -> None:
     bench = load_bench()
     base = ["--base-model", "m", "--out", str(tmp_path)]
     default = bench.parse_args(base)
-    hostile = bench.parse_args([*base, "--population", "coordinated", "--poisoned", "--resume"])
+    old_share = bench.parse_args([*base, "--gold-share", "0.1", "--resume"])
+    hostile = bench.parse_args([*base, "--population", "coordinated", "--poisoned", "--resume", "--gold-share", "0.1"])
     control = bench.parse_args([*base, "--pool", "ravdess-train"])
-    assert bench.work_folder(default, 0, 25) == tmp_path / "seed0" / "n25"  # as before: --resume finds old runs
+    assert default.gold_share == 0.25
+    assert bench.work_folder(default, 0, 25) == tmp_path / "seed0-gold0.25" / "n25"
+    assert bench.work_folder(old_share, 0, 25) == tmp_path / "seed0" / "n25"  # as before: --resume finds old runs
     assert bench.work_folder(hostile, 0, 25) == tmp_path / "seed0-coordinated-poisoned" / "n25"
-    assert bench.work_folder(control, 1, 50) == tmp_path / "seed1-ravdess-train" / "n50"
+    assert bench.work_folder(control, 1, 50) == tmp_path / "seed1-ravdess-train-gold0.25" / "n50"
     (tmp_path / "old.json").write_text(json.dumps({"runs": [{"seed": 0, "corrections": 25}]}))  # before the flags
-    assert bench.resumed_runs(bench.parse_args([*base, "--resume"]), tmp_path / "old.json")
-    with pytest.raises(SystemExit, match="another --json"):
-        bench.resumed_runs(hostile, tmp_path / "old.json")
+    assert bench.resumed_runs(old_share, tmp_path / "old.json")
+    for other in (hostile, bench.parse_args([*base, "--resume"])):  # another crowd; the same crowd at 25% gold
+        with pytest.raises(SystemExit, match="another --json"):
+            bench.resumed_runs(other, tmp_path / "old.json")

@@ -172,3 +172,18 @@ def test_packed_big_batches_compute_the_padded_result(default_model):
     assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
     assert torch.allclose(emb, ref_emb, atol=1e-4)
     assert torch.allclose(via_slots[mask], via_mask[mask], atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side copy stream is CUDA only")
+def test_side_stream_copies_give_the_serial_results():
+    """Many groups queued back to back, each copied to the GPU on the side stream while the one before computes:
+    every group must see its own clips (a copy that raced its forward, or memory reused too early, would not)."""
+    model = load_default("cuda")
+    batch = clips(7, tuple(48_000 + 4_999 * (i % 40) for i in range(160)))  # 3-9 s; 60 s groups: ~20 forwards
+    with torch.inference_mode():
+        side = FastSpeech(model)
+        serial = FastSpeech(model, side_copy=False)
+        assert side.copy_stream is not None and serial.copy_stream is None
+        got, _ = speech_embed_batched(model, batch, max_batch=24, max_seconds=60.0, fast=side)
+        ref, _ = speech_embed_batched(model, batch, max_batch=24, max_seconds=60.0, fast=serial)
+    assert torch.equal(got, ref), (got - ref).abs().max()
