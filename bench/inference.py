@@ -278,9 +278,14 @@ def matmul_peak(device: torch.device, n: int = 8192) -> float:
 
 def branch_variant(model: EmotionModel, name: str) -> OursBranch:
     """'branch@S' / 'branch@S/B': at most S seconds of audio (and B clips) per forward; 'branch_serial': the copy to
-    the GPU on the compute stream. Each its own Predictor, so the variants share no state."""
+    the GPU on the compute stream; 'branch_nographs': no CUDA graphs. Each its own Predictor (no shared state)."""
     if name == "branch_serial":
         return OursBranch(OursSpeech(model), side_copy=False)
+    if name == "branch_nographs":  # batches of <= 16 clips packed too, not replayed from a CUDA graph
+        branch = OursBranch(OursSpeech(model))
+        if branch.predictor.fast_speech is not None:
+            branch.predictor.fast_speech.graphs_enabled = False
+        return branch
     head, _, spec = name.partition("@")
     if head != "branch" or not spec:
         raise SystemExit(f"unknown impl {name!r}")
@@ -595,7 +600,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--impls",
         default="naive,ours",
-        help="naive,naive_trim,eager,ours,branch,branch_sdpa,branch_serial,branch@S[/B],plain,plain30",
+        help="naive,naive_trim,eager,ours,branch,branch_sdpa,branch_serial,branch_nographs,branch@S[/B],plain,plain30",
     )
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")

@@ -171,7 +171,10 @@ def test_packed_big_batches_compute_the_padded_result(default_model):
         via_mask = padded._stack(x, mask[:, None, None, :])
     assert torch.allclose(got, ref, atol=1e-4), (got - ref).abs().max()
     assert torch.allclose(emb, ref_emb, atol=1e-4)
-    assert torch.allclose(via_slots[mask], via_mask[mask], atol=1e-4)
+    # hidden states reach ~160: relative to that (float32 rounding differs between CPUs: 5e-5 absolute here, more
+    # on the GPU machine's 16-core CPU); a wrong slot view is off by O(1) of the scale
+    gap = (via_slots[mask] - via_mask[mask]).abs().max() / via_mask[mask].abs().max()
+    assert gap < 1e-5, gap
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side copy stream is CUDA only")
