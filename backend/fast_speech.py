@@ -9,7 +9,8 @@ stacks all seven hidden states, and launches ~300 small kernels a batch. Here, b
   attention with the key-padding mask (the memory-efficient kernel: a 136 x 30 s forward took 92 ms against
   63 ms with varlen, H200); no mask at all when no clip in the batch is padded;
 - the head's layer mix accumulated on the fly instead of a (B, 7, T, D) stack;
-- small batches replayed from CUDA graphs captured per (batch, length) bucket: one launch instead of hundreds;
+- small batches (<= 16 clips, <= 240 s padded) replayed from CUDA graphs captured per (batch, length) bucket: one
+  launch instead of hundreds;
   graphed batches are padded to whole seconds and a power-of-two batch, so few shapes exist (padding rows are
   silent clips whose results are dropped: rows never mix);
 - big batches (CUDA) packed: after the convolutions only the valid frames of all clips go through the layers,
@@ -17,7 +18,8 @@ stacks all seven hidden states, and launches ~300 small kernels a batch. Here, b
   against the padded varlen forward, H200, bench/inference.py --stages). Not compiled: torch.compile of the
   packed layers saved nothing at 4 s and 6% at 30 s, fully dynamic shapes ran no faster than eager, and with
   inputs changing call to call (bench/inference.py's rows) the compiled 4 s batches ran 3x slower than eager.
-  Without varlen (CPU, old torch) big batches run padded.
+  Without varlen (CPU, old torch) big batches run padded. The copy to the GPU stays on the compute stream: a side
+  copy stream, overlapping it with the forward queued before, changed nothing beyond run-to-run noise (infer8).
 The weights are a snapshot: build a new FastSpeech after the model's weights change (the Predictor builds one
 when it loads a model).
 """
@@ -54,6 +56,9 @@ log = logging.getLogger(__name__)
 
 FRAME_BUCKET = 100  # mel frames: lengths padded to whole seconds (30 shapes at most)
 GRAPH_MAX_BATCH = 16  # batches up to this size replay a captured CUDA graph (launch-bound); larger run eagerly
+# ... and hold at most this much padded audio: 16 x 30 s ran faster packed (1,125-1,363 clips/s) than graphed
+# (990-1,073), 16 x 4 s far slower (2,456-2,718 vs 5,930-6,703), H200, bench/device_bench.sh infer8
+GRAPH_MAX_FRAMES = 24_000  # mel frames (100 a second): 240 s, e.g. 8 x 30 s or 16 x 15 s
 
 
 def _varlen_attn():
@@ -142,6 +147,13 @@ def fast_layer(layer: nn.Module, dtype: torch.dtype) -> FastLayer:
     )
 
 
+def graphed(batch: int, samples: int) -> bool:
+    """Does a batch of `batch` clips padded to `samples` replay a CUDA graph (small: launches dominate) or run
+    packed (big: padding and whole-second buckets would cost more than the launches)?"""
+    size = 1 << (batch - 1).bit_length()  # graphs hold power-of-two batches of whole seconds
+    return batch <= GRAPH_MAX_BATCH and size * FastSpeech.bucket_frames(samples) <= GRAPH_MAX_FRAMES
+
+
 class FastSpeech:
     """speech_forward for eval on CUDA (or CPU, for tests): clips -> (logits (N, 7), embeddings (N, E)) float32."""
 
@@ -152,7 +164,6 @@ class FastSpeech:
         graphs: bool = True,
         varlen: bool = True,
         pack: bool = True,
-        side_copy: bool = True,
     ) -> None:
         backbone = model.speech
         assert backbone.kind == "whisper", "the fast path is for Whisper encoders"
@@ -178,7 +189,6 @@ class FastSpeech:
         usable = model.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
         self.pack = pack  # big batches with varlen: only valid frames through the layers (False: padded slots)
-        self.copy_stream = torch.cuda.Stream(self.device) if side_copy and self.device.type == "cuda" else None
 
     # -- the computation -------------------------------------------------------------------------------------
     def _front(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -250,22 +260,8 @@ class FastSpeech:
     def embed(self, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips (1-D arrays, <= 30 s) -> logits (B, 7), embeddings (B, E) float32 on the device."""
         host, lengths = pad_on_host(clips, pin=self.device.type == "cuda")
-        wave, device_lengths = self._upload(host, lengths)
-        return self(wave, device_lengths, host_lengths=lengths)
-
-    def _upload(self, host: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Host batch -> device. On CUDA the copy runs on a side stream, so it overlaps the forward of the batch
-        queued before it (on the compute stream it would wait for that forward: 4.8 ms per 136 x 30 s, H200). The
-        copy waits for nothing: the host buffer is filled already and its device memory is new to the copy stream."""
-        if self.copy_stream is None:
-            return host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
-        compute = torch.cuda.current_stream(self.device)
-        with torch.cuda.stream(self.copy_stream):
-            out = host.to(self.device, non_blocking=True), lengths.to(self.device, non_blocking=True)
-        compute.wait_stream(self.copy_stream)  # what runs next on the compute stream waits for this copy only
-        for t in out:
-            t.record_stream(compute)  # allocated on the copy stream, used on the compute stream
-        return out
+        wave = host.to(self.device, non_blocking=True)
+        return self(wave, lengths.to(self.device, non_blocking=True), host_lengths=lengths)
 
     # -- batching --------------------------------------------------------------------------------------------
     @staticmethod
@@ -284,7 +280,7 @@ class FastSpeech:
         if n > N_SAMPLES:
             raise ValueError(f"Whisper's encoder takes at most 30 s; split clips of {n} samples")
         with torch.autocast(self.device.type, enabled=False):
-            if self.graphs_enabled and b <= GRAPH_MAX_BATCH:
+            if self.graphs_enabled and graphed(b, n):
                 size, frames = 1 << (b - 1).bit_length(), self.bucket_frames(n)
                 graph = self._graphs.get((size, frames)) or self._capture(size, frames)
                 logits, emb = graph.run(wave, lengths)

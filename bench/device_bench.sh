@@ -86,7 +86,7 @@ case "$1" in
     EMO_TEST_MODEL=/root/model python3 -m pytest -q -p no:cacheprovider tests/test_fast_speech.py \
       tests/test_batch_equals_single.py 2>&1 | tail -4
     python3 bench/inference.py --model /root/model --device cuda \
-      --impls ${IMPLS:-ours,branch,branch_serial,branch@1024,branch@512/64,plain} --batches ${BATCHES:-1,16,256,1024} \
+      --impls ${IMPLS:-ours,branch,branch@1024,branch@512/64,plain} --batches ${BATCHES:-1,16,256,1024} \
       --seconds 4,30 --budget-s 1 --stages --variants sdpa_eager --accuracy-data "$STASH/data" \
       --out "$OUT/infer_gpu7.json" 2>&1 | grep -v '^{.impl' | tail -5 | cut -c1-300
     python3 -c "import json; d = json.load(open('$OUT/infer_gpu7.json'))

@@ -164,17 +164,12 @@ class OursBranch:
     """The Predictor's audio branch alone: its fast path through speech_embed_batched (length buckets, padding,
     copy, forward) and calibration to probabilities, without building Prediction objects."""
 
-    def __init__(
-        self, ours: OursSpeech, varlen: bool = True, group: tuple[float, int] | None = None, side_copy: bool = True
-    ) -> None:
-        """group: (seconds, clips) per forward instead of backend.branches' GPU defaults; side_copy False: the
-        host-to-device copy on the compute stream (after the forward queued before it)."""
+    def __init__(self, ours: OursSpeech, varlen: bool = True, group: tuple[float, int] | None = None) -> None:
+        """group: (seconds, clips) per forward instead of backend.branches' GPU defaults."""
         self.predictor, self.group = ours.predictor, group or (None, None)
         fast = self.predictor.fast_speech
         if not varlen and fast is not None:  # the masked scaled-dot-product attention instead
             fast.varlen = None
-        if not side_copy and fast is not None:
-            fast.copy_stream = None
 
     @torch.inference_mode()
     def __call__(self, clips: list[np.ndarray]) -> np.ndarray:
@@ -277,10 +272,8 @@ def matmul_peak(device: torch.device, n: int = 8192) -> float:
 
 
 def branch_variant(model: EmotionModel, name: str) -> OursBranch:
-    """'branch@S' / 'branch@S/B': at most S seconds of audio (and B clips) per forward; 'branch_serial': the copy to
-    the GPU on the compute stream; 'branch_nographs': no CUDA graphs. Each its own Predictor (no shared state)."""
-    if name == "branch_serial":
-        return OursBranch(OursSpeech(model), side_copy=False)
+    """'branch@S' / 'branch@S/B': at most S seconds of audio (and B clips) per forward; 'branch_nographs': no CUDA
+    graphs. Each its own Predictor (no shared state)."""
     if name == "branch_nographs":  # batches of <= 16 clips packed too, not replayed from a CUDA graph
         branch = OursBranch(OursSpeech(model))
         if branch.predictor.fast_speech is not None:
@@ -600,7 +593,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--impls",
         default="naive,ours",
-        help="naive,naive_trim,eager,ours,branch,branch_sdpa,branch_serial,branch_nographs,branch@S[/B],plain,plain30",
+        help="naive,naive_trim,eager,ours,branch,branch_sdpa,branch_nographs,branch@S[/B],plain,plain30",
     )
     p.add_argument("--accuracy-data", default=None, help="shared data folder: accuracy on RAVDESS dev per impl")
     p.add_argument("--profile", action="store_true", help="also profile one batch of 256 x 4 s (CUDA)")
