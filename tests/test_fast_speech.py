@@ -84,7 +84,7 @@ def test_graph_buckets_are_whole_seconds():
 
 
 def test_graphs_only_for_batches_whose_launches_dominate():
-    """Measured on the H200: one 30 s clip and 16 x 4 s replay graphs (3-4x faster than packed); 16 x 30 s runs
+    """Measured on the H200: one 30 s clip and 16 x 4 s replay graphs (2.3-4x faster than packed); 16 x 30 s runs
     packed (graphs pad it to whole seconds and a flat 16 x 3000 frames, and were slower)."""
     second = 16_000
     assert graphed(1, 30 * second) and graphed(16, 4 * second) and graphed(8, 30 * second)
