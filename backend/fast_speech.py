@@ -147,11 +147,17 @@ def fast_layer(layer: nn.Module, dtype: torch.dtype) -> FastLayer:
     )
 
 
+def graph_shape(batch: int, samples: int) -> tuple[int, int]:
+    """The (batch, mel frames) of the graph that serves `batch` clips padded to `samples`: a power-of-two batch of
+    whole seconds (padding rows are silent clips whose results are dropped)."""
+    return 1 << (batch - 1).bit_length(), FastSpeech.bucket_frames(samples)
+
+
 def graphed(batch: int, samples: int) -> bool:
     """Does a batch of `batch` clips padded to `samples` replay a CUDA graph (small: launches dominate) or run
     packed (big: padding and whole-second buckets would cost more than the launches)?"""
-    size = 1 << (batch - 1).bit_length()  # graphs hold power-of-two batches of whole seconds
-    return batch <= GRAPH_MAX_BATCH and size * FastSpeech.bucket_frames(samples) <= GRAPH_MAX_FRAMES
+    size, frames = graph_shape(batch, samples)
+    return batch <= GRAPH_MAX_BATCH and size * frames <= GRAPH_MAX_FRAMES
 
 
 class FastSpeech:
@@ -281,7 +287,7 @@ class FastSpeech:
             raise ValueError(f"Whisper's encoder takes at most 30 s; split clips of {n} samples")
         with torch.autocast(self.device.type, enabled=False):
             if self.graphs_enabled and graphed(b, n):
-                size, frames = 1 << (b - 1).bit_length(), self.bucket_frames(n)
+                size, frames = graph_shape(b, n)
                 graph = self._graphs.get((size, frames)) or self._capture(size, frames)
                 logits, emb = graph.run(wave, lengths)
                 return logits[:b].float(), emb[:b].float()

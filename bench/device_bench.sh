@@ -10,7 +10,7 @@
 #   bash bench/device_bench.sh infer5       infer4 + the step-by-step timing of one call (--stages) and torch.compile
 #   bash bench/device_bench.sh infer6       flash varlen attention vs masked SDPA x each compile mode (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer7       the shipped path end to end: side-stream copy, group sizes (w, r, m1a, m1b)
-#   bash bench/device_bench.sh infer8       infer7's choices A/B, twice: side vs serial copy, graphs vs none (w, m1a, m1b)
+#   bash bench/device_bench.sh infer8       A/B, twice: graphs vs packed for small batches (w, m1a, m1b)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -94,10 +94,11 @@ for r in d['rows']: print(r['impl'], r['batch'], r['seconds'], round(r['clips_pe
     python3 bench/rotation_probe.py --model /root/model > "$OUT/rotation_probe.json" 2>"$OUT/rotation_probe.log"
     cut -c1-400 "$OUT/rotation_probe.json"
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3 ;;
-  infer8)  # A/B of infer7's choices, twice over (run-to-run spread): side vs serial copy, graphs vs packed at <= 16
+  infer8)  # A/B twice over (run-to-run spread): graphs vs packed at <= 16 clips (the side-copy arm it also ran, as
+    # branch_serial, is gone with the side copy: bench/results/inference_h200_ab{1,2}.json)
     bash train/device_job.sh deps >/dev/null && setup
     for rep in 1 2; do
-      python3 bench/inference.py --model /root/model --device cuda --impls branch,branch_serial,branch_nographs,plain \
+      python3 bench/inference.py --model /root/model --device cuda --impls ${IMPLS:-branch,branch_nographs,plain} \
         --batches 1,16,256,1024 --seconds 4,30 --budget-s 1 --out "$OUT/infer_gpu8_$rep.json" >/dev/null 2>&1
       python3 -c "import json; d = json.load(open('$OUT/infer_gpu8_$rep.json'))
 for r in d['rows']: print($rep, r['impl'], r['batch'], r['seconds'], round(r['clips_per_s']), round(r['p50_ms'], 2))"

@@ -201,7 +201,9 @@ def crowd(
     The simulated clients run in several processes, `per_process` clients each (0: all in this one). In one
     process, 20 gradio_client sessions kept a core busy under one GIL (75-105% CPU against the app's 15-27%,
     `python bench/serve.py --scenario crowd --annotators 20 --predictors 0`), so the bench timed its own queue for
-    the GIL. Browsers do not share a GIL; separate processes come closer (they still share this box's cores)."""
+    the GIL. Browsers do not share a GIL; separate processes come closer (they still share this box's cores).
+    Processes get 5 s to start, then every client runs until the same wall-clock end, so a phase lasts up to
+    `seconds` + 5 and counts a few more votes; latencies are per request either way."""
     from concurrent.futures import ProcessPoolExecutor
 
     roles = [("annotator", i) for i in range(annotators)] + [("predictor", i) for i in range(predictors)]
