@@ -6,10 +6,13 @@ weights. Backbones that are not an offline alias (Hub ids, local folders), or a 
 fall back to `backend.speech.transcribe` on the pretrained weights (adapters off).
 
 The mel is not padded to 30 s: a clip gets its own frames plus a margin of silence (MARGIN_FRAMES, at least
-MIN_FRAMES), rounded up to FRAME_BUCKET (8-9x less encoder work than 30 s for a 4 s clip). With too little
-silence after the speech Whisper's decoder can loop ("Dogs are sitting by the door!" x4 on 8 s of mel), so the
-output is capped by the clip's duration, and an output that hits the cap or repeats itself is decoded again on
-the full 30 s mel (where a statement really said twice stays twice).
+MIN_FRAMES), rounded up to FRAME_BUCKET (~4x less encoder work than 30 s for a 4 s clip). On a trimmed mel
+without timestamps Whisper's decoder often loops ("Dogs are sitting by the door!" x4: 7 of 40 RAVDESS dev clips on
+10 s of mel), so it decodes with timestamps and may not place one past the clip's end (those tokens are
+suppressed): a loop would have to start a segment there, so the decoder ends instead (0 loops of 40 on 8 s, word
+error rate 0.4% against the 30 s decode; bench/RESULTS.md). The output is still capped by the clip's duration,
+and an output that hits the cap or repeats itself is decoded again on the full 30 s mel (where a statement really
+said twice stays twice).
 """
 
 from __future__ import annotations
@@ -38,11 +41,14 @@ from backend.types import SAMPLE_RATE
 log = logging.getLogger(__name__)
 
 MARGIN_FRAMES = 400  # 4 s of silence after the speech (100 mel frames per second)
-MIN_FRAMES = 1000  # at least 10 s of mel; there 15 of 80 RAVDESS clips loop, each one statement repeated (cut)
+MIN_FRAMES = 800  # at least 8 s of mel (with timestamps: 0 of 40 RAVDESS dev clips loop; 6 s: 3 of 40)
 FRAME_BUCKET = 200  # mel lengths are rounded up to this, so batches of similar clips share a shape
 TOKENS_PER_SECOND = 6  # output cap: fast speech is ~4 words (~5-6 tokens) a second
 MIN_TOKENS = 16
 MAX_TOKENS = 224  # half of Whisper's 448-token context
+MAX_CONTEXT = 448  # Whisper's decoder positions; CTranslate2 decodes at most half of max_length new tokens
+SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens: <|0.00|>, <|0.02|>, ... <|30.00|>
+TIMESTAMP_SLACK_S = 0.5  # a segment may end this long after the clip (the last word's tail)
 COMPRESSION_RATIO = 2.4  # above this gzip ratio a transcript is a loop (openai/whisper's threshold)
 CPU_COMPUTE, GPU_COMPUTE = "int8", "float16"
 _CUBLAS = "libcublas.so.12"  # what the ctranslate2 4.x wheels load for CUDA
@@ -85,14 +91,38 @@ def features(pieces: list[np.ndarray], frames: int) -> np.ndarray:
 
 
 def _prompt(engine: Ct2Whisper, encoded: Any, language: str | None, batch: int) -> list[list[int]]:
-    """Start-of-transcript prompts; multilingual models detect the language per piece unless it is given."""
+    """Start-of-transcript prompts with timestamps on (no <|notimestamps|>); multilingual models detect the
+    language per piece unless it is given."""
     if not engine.model.is_multilingual:
-        return [engine.ids("<|startoftranscript|>", "<|notimestamps|>")] * batch
+        return [engine.ids("<|startoftranscript|>")] * batch
     if language:
         langs = [f"<|{language}|>"] * batch
     else:
         langs = [ranked[0][0] for ranked in engine.model.detect_language(encoded)]
-    return [engine.ids("<|startoftranscript|>", lang, "<|transcribe|>", "<|notimestamps|>") for lang in langs]
+    return [engine.ids("<|startoftranscript|>", lang, "<|transcribe|>") for lang in langs]
+
+
+def first_timestamp(engine: Ct2Whisper) -> int:
+    """Id of <|0.00|>: Whisper's timestamp tokens follow <|notimestamps|>."""
+    return engine.ids("<|notimestamps|>")[0] + 1
+
+
+def late_timestamps(engine: Ct2Whisper, n_samples: int) -> list[int]:
+    """Ids of the timestamps past a clip of n_samples (plus TIMESTAMP_SLACK_S): suppressed, so a decoder that
+    would loop into the padding cannot open a segment there."""
+    first = first_timestamp(engine)
+    last = min(first + round(30 / SECONDS_PER_TIMESTAMP), len(engine.tokenizer) - 1)
+    allowed = math.ceil((n_samples / SAMPLE_RATE + TIMESTAMP_SLACK_S) / SECONDS_PER_TIMESTAMP)
+    return list(range(first + allowed + 1, last + 1))
+
+
+def text_ids(ids: list[int], first_ts: int, capped: bool) -> list[int]:
+    """The text tokens of a timestamped decode; a last segment the token cap cut off (no closing timestamp) is
+    dropped, one that ended with the transcript is kept."""
+    if capped:
+        closed = [k for k, t in enumerate(ids) if t >= first_ts]
+        ids = ids[: closed[-1] + 1] if closed else ids
+    return [t for t in ids if t < first_ts]
 
 
 def looks_looping(text: str, n_tokens: int, cap: int) -> bool:
@@ -124,17 +154,28 @@ def _decode_group(
     mel = features(pieces, frames)
     encoded = engine.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
     prompts = _prompt(engine, encoded, language, len(pieces))
-    cap = max(token_cap(len(p), max_new) for p in pieces)
+    longest = max(len(p) for p in pieces)
+    cap = token_cap(longest, max_new)
+    # text plus the timestamps (segments of a second or more)
+    room = min(cap + 2 + math.ceil(longest / SAMPLE_RATE), MAX_CONTEXT // 2)
     results = engine.model.generate(
-        encoded, prompts, beam_size=1, max_length=cap + len(prompts[0]), suppress_blank=True, suppress_tokens=[-1]
+        encoded,
+        prompts,
+        beam_size=1,
+        max_length=2 * room,  # CTranslate2 stops at half of it: `room` new tokens
+        suppress_blank=True,
+        suppress_tokens=[-1, *late_timestamps(engine, longest)],
     )
-    ids = [r.sequences_ids[0] for r in results]
+    first_ts = first_timestamp(engine)
+    capped = [len(r.sequences_ids[0]) >= room for r in results]
+    ids = [text_ids(r.sequences_ids[0], first_ts, cut) for r, cut in zip(results, capped)]
     texts = engine.tokenizer.batch_decode(ids, skip_special_tokens=True)
     again = []
     for k, (text, seq) in enumerate(zip(texts, ids)):
         # one statement over and over on a trimmed mel is usually the decoder looping in the padding, but it may
         # be a person saying it twice: decode it again on the full 30 s mel, which keeps real repeats
-        if frames < N_FRAMES and (repeated_unit(seq) is not None or looks_looping(text, len(seq), cap)):
+        looping = capped[k] or repeated_unit(seq) is not None or looks_looping(text, len(seq), cap)
+        if frames < N_FRAMES and looping:
             again.append(k)
     if again and frames < N_FRAMES:
         log.info("%d piece(s) looped on %d mel frames; decoding them on %d", len(again), frames, N_FRAMES)
@@ -194,7 +235,15 @@ def _probe(engine: Ct2Whisper) -> None:
     _decode_group(engine, [np.zeros(SAMPLE_RATE // 2, dtype=np.float32)], "en", 4)
 
 
-def _open(alias: str, device: str, compute_type: str, tokenizer: Any) -> Ct2Whisper:
+def cpu_threads(background: bool) -> int:
+    """CTranslate2's CPU threads. A request's transcription runs beside the audio branch (torch's threads), so it
+    takes half the cores: on this 2-core box one thread was faster even alone (the decoder's steps are too small
+    to split) and cut the Predictor with transcription from ~265 to ~215 ms (bench/RESULTS.md). A long job's
+    engine runs at the lowest priority and takes them all."""
+    return torch.get_num_threads() if background else max(1, torch.get_num_threads() // 2)
+
+
+def _open(alias: str, device: str, compute_type: str, tokenizer: Any, threads: int) -> Ct2Whisper:
     import ctranslate2
 
     source = whisper_convert.find_source(alias)
@@ -203,9 +252,8 @@ def _open(alias: str, device: str, compute_type: str, tokenizer: Any) -> Ct2Whis
         "config.json": source.config.read_bytes(),
         "vocabulary.json": (source.tokenizer.parent / "vocabulary.json").read_bytes(),
     }
-    threads = torch.get_num_threads() if device == "cpu" else 1
     model = ctranslate2.models.Whisper(
-        alias, device=device, compute_type=compute_type, intra_threads=threads, files=files
+        alias, device=device, compute_type=compute_type, intra_threads=threads if device == "cpu" else 1, files=files
     )
     engine = Ct2Whisper(model, tokenizer, device, compute_type)
     _probe(engine)
@@ -228,9 +276,9 @@ def ct2_engine(backbone: SpeechBackbone, device: torch.device, background: bool 
     with _engines_lock:
         if key not in _engines:
             if background:
-                _engines[key] = _in_low_priority_thread(lambda: _load_engine(backbone, device))
+                _engines[key] = _in_low_priority_thread(lambda: _load_engine(backbone, device, cpu_threads(True)))
             else:
-                _engines[key] = _load_engine(backbone, device)
+                _engines[key] = _load_engine(backbone, device, cpu_threads(False))
         return _engines[key]
 
 
@@ -263,7 +311,7 @@ def preload(backbone: SpeechBackbone, device: torch.device) -> threading.Thread:
     return thread
 
 
-def _load_engine(backbone: SpeechBackbone, device: torch.device) -> Ct2Whisper | None:
+def _load_engine(backbone: SpeechBackbone, device: torch.device, threads: int) -> Ct2Whisper | None:
     if backbone.name not in whisper_convert.ALIASES:
         return None
     try:
@@ -279,11 +327,11 @@ def _load_engine(backbone: SpeechBackbone, device: torch.device) -> Ct2Whisper |
         log.warning("CTranslate2 cannot use CUDA here (no %s or no device); transcribing on the CPU", _CUBLAS)
     for ct2_device, compute in attempts:
         try:
-            engine = _open(backbone.name, ct2_device, compute, tokenizer)
+            engine = _open(backbone.name, ct2_device, compute, tokenizer, threads)
         except (RuntimeError, OSError, ValueError, ModelError) as exc:
             log.warning("CTranslate2 Whisper %s on %s/%s failed: %s", backbone.name, ct2_device, compute, exc)
             continue
-        log.info("transcribing with CTranslate2 %s on %s (%s)", backbone.name, ct2_device, compute)
+        log.info("transcribing with CTranslate2 %s on %s (%s, %d threads)", backbone.name, ct2_device, compute, threads)
         return engine
     return None
 

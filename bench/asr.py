@@ -3,7 +3,8 @@
 Word error rate of the new transcripts against the old ones (the app's output until now), then, in one run on
 this machine and interleaved so load affects both alike: transcription alone old vs new, the predictor with
 transcription old vs new (new: transcription beside the audio branch, and in turn), and the audio-only predictor,
-on one ~4 s clip.
+on one ~4 s clip (and --typical more); with the WER, the new path's time per clip over all clips and how many it
+decoded twice (a loop on the trimmed mel, redone on 30 s).
 
     python bench/asr.py --actors 17,18,19,20 --repeat 7 [--limit 40] [--typical 6] [--out runs/bench/asr.json]
 
@@ -82,15 +83,43 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def compare_transcripts(predictor: Predictor, clips: list) -> tuple[dict, list[dict]]:
-    """Old and new transcript of every clip, one clip per call as the app does; WER and the differing ones."""
+class _LoopCounter(logging.Handler):
+    """Counts backend.asr's "looped ... decoding them on 3000" records: the clips decoded a second time."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += "looped" in record.getMessage()
+
+
+def compare_transcripts(predictor: Predictor, clips: list) -> tuple[dict, list[dict], dict]:
+    """Old and new transcript of every clip, one clip per call as the app does; WER, the differing ones, and the
+    new path's time per clip over all of them (its tail is the clips decoded twice)."""
     speech, engine = predictor.model.speech, asr.ct2_engine(predictor.model.speech, predictor.device)
-    olds, news = [], []
-    for clip in clips:
-        olds += asr.transformers_transcribe(speech, [clip])
-        news += asr.ct2_transcribe(engine, [clip])
+    olds, news, seconds = [], [], []
+    counter, asr_log = _LoopCounter(), logging.getLogger(asr.__name__)
+    asr_log.addHandler(counter)
+    level, asr_log.level = asr_log.level, logging.INFO
+    try:
+        for clip in clips:
+            olds += asr.transformers_transcribe(speech, [clip])
+            start = time.perf_counter()
+            news += asr.ct2_transcribe(engine, [clip])
+            seconds.append(time.perf_counter() - start)
+    finally:
+        asr_log.removeHandler(counter)
+        asr_log.setLevel(level)
     differing = [{"old": o, "new": n} for o, n in zip(olds, news) if o.strip() != n.strip()]
-    return wer(olds, news), differing
+    ordered = sorted(seconds)
+    per_clip = {
+        **stats(seconds),
+        "mean_s": round(statistics.fmean(seconds), 4),
+        "p90_s": round(ordered[int(0.9 * (len(ordered) - 1))], 4),
+        "decoded_twice": counter.count,
+    }
+    return wer(olds, news), differing, per_clip
 
 
 class InlinePool:
@@ -176,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     if typical:
         report["speed_typical_clips"] = [speed(predictor, audio_only, c, args.repeat) for c in typical]
     if not args.skip_wer:
-        report["wer_new_vs_old"], differing = compare_transcripts(predictor, clips)
+        report["wer_new_vs_old"], differing, report["new_seconds_per_clip"] = compare_transcripts(predictor, clips)
         report["differing_examples"] = differing[:10]
     report["load_avg_after"] = os.getloadavg()
     return emit(report, args.out)

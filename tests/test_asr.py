@@ -69,6 +69,21 @@ def test_a_statement_said_over_and_over_is_cut_to_one():
     assert asr.repeated_unit([1, 2, 3, 4, 1, 2, 3]) is None  # less than twice
 
 
+def test_text_of_a_timestamped_decode():
+    first = 100  # <|0.00|>; ids below it are text
+    decoded = [100, 5, 6, 7, 150, 150, 8, 9]  # one closed segment, then one the token cap cut off
+    assert asr.text_ids(decoded, first, capped=True) == [5, 6, 7]
+    assert asr.text_ids(decoded, first, capped=False) == [5, 6, 7, 8, 9]  # ended by the transcript: kept
+    assert asr.text_ids([5, 6], first, capped=True) == [5, 6]  # no timestamp to cut at
+
+
+def test_a_request_transcribes_on_half_the_cores_a_long_job_on_all(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    assert (asr.cpu_threads(background=False), asr.cpu_threads(background=True)) == (4, 8)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert (asr.cpu_threads(background=False), asr.cpu_threads(background=True)) == (1, 1)
+
+
 def test_hub_backbones_fall_back_to_transformers(tiny_backbones, monkeypatch):
     backbone = load_speech_backbone(tiny_backbones["speech"], cache=Path(tiny_backbones["cache"]))
     assert asr.ct2_engine(backbone, torch.device("cpu")) is None  # not an offline alias: no CT2 model for it
@@ -95,6 +110,20 @@ def test_ct2_transcribes_like_transformers(whisper_base):
     for clip, text in zip(audio, expected):  # one at a time, as the app calls it; clip 2 loops on 8 s of mel
         assert _words(asr.transcribe(whisper_base, [clip], language="en")) == _words([text])
     assert asr.transformers_transcribe(whisper_base, audio[:1]) == [CLIPS[0][1]]  # the fallback is the old path
+
+
+LOOPED_WITHOUT_TIMESTAMPS = "Actor_19/03-01-03-02-02-02-19.flac"  # "Dogs are sitting by the door." x4 on 10 s
+
+
+@pytest.mark.slow
+def test_a_clip_is_decoded_once_and_timestamps_stop_at_its_end(whisper_base, caplog):
+    engine = asr.ct2_engine(whisper_base, torch.device("cpu"))
+    late = asr.late_timestamps(engine, 4 * SAMPLE_RATE)  # 4 s + 0.5 s of slack
+    assert engine.tokenizer.convert_ids_to_tokens([late[0], late[-1]]) == ["<|4.52|>", "<|30.00|>"]
+    clip = _read(LOOPED_WITHOUT_TIMESTAMPS)
+    with caplog.at_level("INFO", logger="backend.asr"):
+        assert asr.ct2_transcribe(engine, [clip]) == ["Dogs are sitting by the door."]
+    assert not [r for r in caplog.records if "looped" in r.getMessage()]  # no second decode on 30 s of mel
 
 
 @pytest.mark.slow
