@@ -11,6 +11,7 @@
 #   bash bench/device_bench.sh infer6       flash varlen attention vs masked SDPA x each compile mode (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer7       the shipped path end to end: side-stream copy, group sizes (w, r, m1a, m1b)
 #   bash bench/device_bench.sh infer8       A/B, twice: graphs vs packed for small batches (w, m1a, m1b)
+#   bash bench/device_bench.sh cudatests    the CUDA tests: fast path, batch equals single, cuDNN off, DDP (w, r, m1a, m1b)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
 #                                           then a short profiled run (needs p1, a, p3) -> $OUT
@@ -94,6 +95,10 @@ for r in d['rows']: print(r['impl'], r['batch'], r['seconds'], round(r['clips_pe
     python3 bench/rotation_probe.py --model /root/model > "$OUT/rotation_probe.json" 2>"$OUT/rotation_probe.log"
     cut -c1-400 "$OUT/rotation_probe.json"
     python3 bench/batch_vs_single.py --device cuda --data "$STASH/data" --model /root/model 2>&1 | tail -3 ;;
+  cudatests)  # the tests that skip without CUDA, on the final tree
+    bash train/device_job.sh deps >/dev/null && setup
+    EMO_TEST_MODEL=/root/model python3 -m pytest -q -rs -p no:cacheprovider tests/test_fast_speech.py \
+      tests/test_batch_equals_single.py tests/test_model_format.py tests/test_retrain_ddp.py 2>&1 | tail -15 ;;
   infer8)  # A/B twice over (run-to-run spread): graphs vs packed at <= 16 clips (the side-copy arm it also ran, as
     # branch_serial, is gone with the side copy: bench/results/inference_h200_ab{1,2}.json)
     bash train/device_job.sh deps >/dev/null && setup
