@@ -22,7 +22,7 @@ from gradio_client.exceptions import AppError
 
 from backend.labels import LABELS
 from backend.media import encode_wav, load_audio
-from tests.app_support import launched, studio  # noqa: F401  (module fixture)
+from tests.app_support import launched, seed_tone, studio  # noqa: F401  (module fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -202,10 +202,12 @@ def test_browser_fake_microphone_recording(page):
 
 def test_browser_label_tab_keyboard_vote_and_model_tab(page, studio, shared_data):  # noqa: F811
     seed_clip(studio, shared_data)
+    seed_tone(studio, 440)  # a second clip: the vote serves it
     page.get_by_role("tab", name="Label").click()
     page.get_by_label("Your name").fill("e2e-browser")
     page.click("#start-btn")
     page.wait_for_function("() => document.querySelector('#progress').innerText.includes('0 vote(s)')")
+    served = page.locator("#clip-audio a[download]").get_attribute("href")  # this response's private copy
     shot(page, "label_tab")
     clip_id = db_rows(studio, "SELECT clip_id FROM reservations WHERE annotator_id = 'name:e2e-browser'")[0][0]
     page.locator("body").click(position={"x": 5, "y": 5})  # focus outside any text field
@@ -215,6 +217,11 @@ def test_browser_label_tab_keyboard_vote_and_model_tab(page, studio, shared_data
         studio, "SELECT labels FROM votes WHERE clip_id = ? AND annotator_id = 'name:e2e-browser'", clip_id
     )
     assert labels == [('["happy"]',)]
+    # the next clip, sent as a plain value (same widgets on screen): the player shows a new copy
+    page.wait_for_function(
+        "old => { const a = document.querySelector('#clip-audio a[download]'); return a && a.href !== old }", arg=served
+    )
+    assert page.locator("#clip-audio").is_visible()
     page.get_by_role("tab", name="Model").click()
     page.wait_for_function("() => document.body.innerText.includes('Krippendorff')")
     assert "Model `" not in page.inner_text("body")  # rendered as markdown, not raw text

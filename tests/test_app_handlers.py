@@ -234,3 +234,33 @@ def test_predictions_run_below_the_votes_priority_and_so_do_the_threads_they_sta
     assert studio.in_prediction_worker(os.getpriority, os.PRIO_PROCESS, 0) == expected
     assert studio.in_prediction_worker(started_thread_nice) == expected  # torch's and CTranslate2's teams too
     assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the caller's own priority is untouched
+
+
+def test_a_vote_that_keeps_the_widgets_sends_plain_values(studio):  # noqa: F811
+    """Gradio rebuilds a component for every gr.update: a vote whose next clip shows the same widgets sends plain
+    values, one that changes them (the first clip, the end of the queue) sends updates, and the screen stays right."""
+    from tests.app_support import seed_tone
+
+    widgets = ("audio", "image", "video", "text")
+    for freq in (300, 420, 540):
+        seed_tone(studio, freq)
+    first = studio.next_item(name="plain-values")
+    out, labeler = first[:4], first[-1]
+    assert all(isinstance(o, dict) and o.get("__type__") == "update" for o in out)  # nothing was on screen
+    visible = {w: o["visible"] for w, o in zip(widgets, out)}
+    plain = 0
+    while labeler["clip_id"]:
+        shown = studio.vote(["sad"], False, "", labeler, labeler["clip_id"], None)
+        out, labeler = shown[:4], shown[-1]
+        updates = [isinstance(o, dict) for o in out]
+        if any(updates):
+            assert all(updates)
+            visible = {w: o["visible"] for w, o in zip(widgets, out)}
+            continue
+        plain += 1
+        kind, has_text = labeler["shown"]
+        assert visible == {w: w == kind or (w == "text" and has_text) for w in widgets}  # what was on screen
+        media = dict(zip(widgets, out))
+        assert Path(media[kind]).is_file() and all(media[w] is None for w in widgets[:3] if w != kind)
+    assert plain >= 2  # three tones in a row: the second and third keep the audio widget
+    assert visible == {"audio": False, "image": False, "video": False, "text": True}  # "Nothing left to label"
