@@ -164,7 +164,7 @@ def _decode_group(
         beam_size=1,
         max_length=2 * room,  # CTranslate2 stops at half of it: `room` new tokens
         suppress_blank=True,
-        suppress_tokens=[-1, *late_timestamps(engine, longest)],
+        suppress_tokens=[-1, *late_timestamps(engine, longest)],  # one list per call: the group's longest clip
     )
     first_ts = first_timestamp(engine)
     capped = [len(r.sequences_ids[0]) >= room for r in results]
@@ -331,7 +331,8 @@ def _load_engine(backbone: SpeechBackbone, device: torch.device, threads: int) -
         except (RuntimeError, OSError, ValueError, ModelError) as exc:
             log.warning("CTranslate2 Whisper %s on %s/%s failed: %s", backbone.name, ct2_device, compute, exc)
             continue
-        log.info("transcribing with CTranslate2 %s on %s (%s, %d threads)", backbone.name, ct2_device, compute, threads)
+        used = threads if ct2_device == "cpu" else 1
+        log.info("transcribing with CTranslate2 %s on %s (%s, %d threads)", backbone.name, ct2_device, compute, used)
         return engine
     return None
 

@@ -33,9 +33,11 @@ log = logging.getLogger(__name__)
 
 WHISPER_MAX_SECONDS = 30.0  # Whisper's positional table covers 30 s; longer audio is windowed
 LONG_CLIP_SECONDS = WHISPER_MAX_SECONDS  # longer audio can be analysed in steps (predict_steps)
-# timeline windows per step of a long analysis (~0.1 s of CPU each); on CUDA a step fits one captured graph (one
-# launch), so other requests get the GPU between steps
-STEP_WINDOWS = {"cpu": 2, "cuda": GRAPH_MAX_BATCH}
+# timeline windows per step of a long analysis; between steps waiting requests go first. On a CPU one window
+# (~0.1 s): a text-only request during a 10-minute analysis waits at most about one step (p95 0.19-0.23 s against
+# 0.27-0.29 s with two windows a step), and the analysis takes 106-112 s against 82-92 s (bench/RESULTS.md). On
+# CUDA a step fits one captured graph (one launch)
+STEP_WINDOWS = {"cpu": 1, "cuda": GRAPH_MAX_BATCH}
 
 
 def pick_device(setting: str) -> torch.device:
