@@ -502,7 +502,11 @@ def vote(
         request_id=service.plain_text(vote_key) or None,
     )
     view = service.next_clip(store, annotator, blind=get_settings().blind_labeling)
-    return show_clip(view, annotator, on_screen=labeler.get("shown"))
+    # the browser sends the clip it shows: another one than the state's means it missed a response (and maybe its
+    # visibility changes), so this one sends them all again
+    shown_clip = service.plain_text(clip_id) or None
+    in_sync = shown_clip is None or shown_clip == labeler.get("clip_id")
+    return show_clip(view, annotator, on_screen=labeler.get("shown") if in_sync else None)
 
 
 def quick_vote(label: str) -> Callable:
@@ -522,7 +526,7 @@ def skip(labeler: dict | None = None, request: gr.Request = None):
     if labeler.get("clip_id"):
         get_store().skip(service.plain_text(labeler["clip_id"]), annotator)
     view = service.next_clip(get_store(), annotator, blind=get_settings().blind_labeling)
-    return show_clip(view, annotator, on_screen=labeler.get("shown"))
+    return show_clip(view, annotator)  # skips are rare, and the browser does not say what it shows: updates
 
 
 # ------------------------------------------------------------------------------------------ Model

@@ -264,3 +264,16 @@ def test_a_vote_that_keeps_the_widgets_sends_plain_values(studio):  # noqa: F811
         assert Path(media[kind]).is_file() and all(media[w] is None for w in widgets[:3] if w != kind)
     assert plain >= 2  # three tones in a row: the second and third keep the audio widget
     assert visible == {"audio": False, "image": False, "video": False, "text": True}  # "Nothing left to label"
+
+
+def test_a_browser_that_missed_a_response_gets_every_widget_again(studio):  # noqa: F811
+    from tests.app_support import seed_tone
+
+    for freq in (660, 780, 900):
+        seed_tone(studio, freq)
+    first = studio.next_item(name="missed-a-response")
+    missed = studio.vote(["sad"], False, "", first[-1], first[-1]["clip_id"], None)  # never reached the browser
+    assert missed[-1]["clip_id"] and not isinstance(missed[0], dict)  # sent as plain values
+    # the browser still shows the first clip and votes on it again (its clip id, the state's newer labeler)
+    again = studio.vote(["sad"], False, "", missed[-1], first[-1]["clip_id"], None)
+    assert all(isinstance(o, dict) and "visible" in o for o in again[:4])
