@@ -11,8 +11,8 @@ without timestamps Whisper's decoder often loops ("Dogs are sitting by the door!
 10 s of mel), so it decodes with timestamps and may not place one past the clip's end (those tokens are
 suppressed): a loop would have to start a segment there, so the decoder ends instead (0 loops of 40 on 8 s, word
 error rate 0.4% against the 30 s decode; bench/RESULTS.md). The output is still capped by the clip's duration,
-and an output that hits the cap or repeats itself is decoded again on the full 30 s mel (where a statement really
-said twice stays twice).
+and an output that repeats itself is decoded again on the full 30 s mel (where a statement really said twice
+stays twice).
 """
 
 from __future__ import annotations
@@ -118,18 +118,20 @@ def late_timestamps(engine: Ct2Whisper, n_samples: int) -> list[int]:
 
 def text_ids(ids: list[int], first_ts: int, capped: bool) -> list[int]:
     """The text tokens of a timestamped decode; a last segment the token cap cut off (no closing timestamp) is
-    dropped, one that ended with the transcript is kept."""
-    if capped:
-        closed = [k for k, t in enumerate(ids) if t >= first_ts]
-        ids = ids[: closed[-1] + 1] if closed else ids
+    dropped when a closed one comes before it, kept when it ended with the transcript or is all there is (dense
+    scripts fill the cap with one segment: part of it beats nothing)."""
+    stamps = [k for k, t in enumerate(ids) if t >= first_ts]
+    if capped and len(stamps) >= 2:
+        ids = ids[: stamps[-1] + 1]
     return [t for t in ids if t < first_ts]
 
 
-def looks_looping(text: str, n_tokens: int, cap: int) -> bool:
-    """A transcript that ran into the token cap or repeats itself (gzip compresses it over 2.4x: Whisper's own
-    test for a decoder stuck in a loop)."""
+def looks_looping(text: str, n_tokens: int = 0, cap: int | None = None) -> bool:
+    """A transcript that repeats itself (gzip compresses it over 2.4x: Whisper's own test for a decoder stuck in a
+    loop), or, given a cap, ran into it."""
     data = text.strip().encode("utf-8")
-    return n_tokens >= cap or (len(data) > 40 and len(data) / len(zlib.compress(data)) > COMPRESSION_RATIO)
+    capped = cap is not None and n_tokens >= cap
+    return capped or (len(data) > 40 and len(data) / len(zlib.compress(data)) > COMPRESSION_RATIO)
 
 
 def repeated_unit(ids: list[int], min_repeats: float = 2.0, min_tokens: int = 4) -> list[int] | None:
@@ -173,8 +175,10 @@ def _decode_group(
     again = []
     for k, (text, seq) in enumerate(zip(texts, ids)):
         # one statement over and over on a trimmed mel is usually the decoder looping in the padding, but it may
-        # be a person saying it twice: decode it again on the full 30 s mel, which keeps real repeats
-        looping = capped[k] or repeated_unit(seq) is not None or looks_looping(text, len(seq), cap)
+        # be a person saying it twice: decode it again on the full 30 s mel, which keeps real repeats. Running
+        # into the cap alone is no sign of a loop here (timestamps stop those at the clip's end): dense scripts
+        # do it (2 of 40 Amharic clips were decoded twice for it, ~1 s each, no better)
+        looping = repeated_unit(seq) is not None or looks_looping(text)
         if frames < N_FRAMES and looping:
             again.append(k)
     if again and frames < N_FRAMES:

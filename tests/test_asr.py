@@ -60,6 +60,7 @@ def test_loops_are_recognised():
     assert asr.looks_looping("Kids are talking", 54, 54)  # ran into the cap
     assert not asr.looks_looping("Kids are talking by the door.", 9, 54)
     assert not asr.looks_looping("", 0, 24)
+    assert asr.looks_looping("Dogs are sitting by the door! " * 4) and not asr.looks_looping("Kids are talking")
 
 
 def test_a_statement_said_over_and_over_is_cut_to_one():
@@ -75,6 +76,7 @@ def test_text_of_a_timestamped_decode():
     assert asr.text_ids(decoded, first, capped=True) == [5, 6, 7]
     assert asr.text_ids(decoded, first, capped=False) == [5, 6, 7, 8, 9]  # ended by the transcript: kept
     assert asr.text_ids([5, 6], first, capped=True) == [5, 6]  # no timestamp to cut at
+    assert asr.text_ids([100, 5, 6, 7], first, capped=True) == [5, 6, 7]  # one cut segment: kept, not emptied
 
 
 def test_a_request_transcribes_on_half_the_cores_a_long_job_on_all(monkeypatch):
