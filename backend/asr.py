@@ -126,12 +126,11 @@ def text_ids(ids: list[int], first_ts: int, capped: bool) -> list[int]:
     return [t for t in ids if t < first_ts]
 
 
-def looks_looping(text: str, n_tokens: int = 0, cap: int | None = None) -> bool:
-    """A transcript that repeats itself (gzip compresses it over 2.4x: Whisper's own test for a decoder stuck in a
-    loop), or, given a cap, ran into it."""
+def looks_looping(text: str) -> bool:
+    """A transcript that repeats itself: gzip compresses it over 2.4x (Whisper's own test for a decoder stuck in a
+    loop)."""
     data = text.strip().encode("utf-8")
-    capped = cap is not None and n_tokens >= cap
-    return capped or (len(data) > 40 and len(data) / len(zlib.compress(data)) > COMPRESSION_RATIO)
+    return len(data) > 40 and len(data) / len(zlib.compress(data)) > COMPRESSION_RATIO
 
 
 def repeated_unit(ids: list[int], min_repeats: float = 2.0, min_tokens: int = 4) -> list[int] | None:
@@ -152,11 +151,11 @@ def _decode_group(
     decoded again on the full 30 s mel (the computation Whisper was trained for)."""
     import ctranslate2
 
-    frames = frames or padded_frames(max(len(p) for p in pieces))
+    longest = max(len(p) for p in pieces)
+    frames = frames or padded_frames(longest)
     mel = features(pieces, frames)
     encoded = engine.model.encode(ctranslate2.StorageView.from_array(mel), to_cpu=False)
     prompts = _prompt(engine, encoded, language, len(pieces))
-    longest = max(len(p) for p in pieces)
     cap = token_cap(longest, max_new)
     # text plus the timestamps (segments of a second or more)
     room = min(cap + 2 + math.ceil(longest / SAMPLE_RATE), MAX_CONTEXT // 2)
