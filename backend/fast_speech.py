@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -308,14 +309,15 @@ class FastSpeech:
         valid frames, on the host (indices built there: no device sync)."""
         x, mask = self._front(wave, lengths)
         b, t, d = x.shape
-        keep = torch.arange(t)[None, :] < valid[:, None]
-        index = (torch.arange(b)[:, None] * t + torch.arange(t)[None, :])[keep]
-        starts = torch.zeros(b + 1, dtype=torch.int32)
-        starts[1:] = valid.cumsum(0)
+        # the indices in numpy: torch's CPU ops on these few thousand elements cost ~1 ms each on a many-core
+        # host (thread pool wake-ups), several ms a batch (H200 host, bench/branch_steps.py)
+        counts = valid.numpy()
+        index = torch.from_numpy(np.flatnonzero(np.arange(t)[None, :] < counts[:, None]))  # row r, frame f: r*t + f
+        starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
         cuda = self.device.type == "cuda"
         index, starts = ((v.pin_memory() if cuda else v).to(self.device, non_blocking=True) for v in (index, starts))
         tokens = x.reshape(b * t, d).index_select(0, index)
-        acc = self._packed_stack(tokens, starts, int(valid.max()))
+        acc = self._packed_stack(tokens, starts, int(counts.max()))
         out = torch.zeros(b * t, d, dtype=acc.dtype, device=self.device).index_copy_(0, index, acc)
         logits, emb = self.head.from_mixed(out.view(b, t, d).float(), mask)
         return logits.float(), emb.float()

@@ -11,6 +11,7 @@
 #   bash bench/device_bench.sh infer6       flash varlen attention vs masked SDPA x each compile mode (parts w, r, m1, m2)
 #   bash bench/device_bench.sh infer7       the shipped path end to end: side-stream copy, group sizes (w, r, m1a, m1b)
 #   bash bench/device_bench.sh infer8       A/B, twice: graphs vs packed for small batches (w, m1a, m1b)
+#   bash bench/device_bench.sh final        issue 16's GPU rows, four runs, order alternated, ratios (w, m1a, m1b)
 #   bash bench/device_bench.sh cudatests    the CUDA tests: fast path, batch equals single, cuDNN off, DDP (w, r, m1a, m1b)
 #   bash bench/device_bench.sh train        bench/train.py + bench/retrain_gain.py (needs p1, a, p3) -> $OUT
 #   bash bench/device_bench.sh train2       bench/train.py with batches built in the loop vs by loader threads,
@@ -108,6 +109,20 @@ for r in d['rows']: print(r['impl'], r['batch'], r['seconds'], round(r['clips_pe
       python3 -c "import json; d = json.load(open('$OUT/infer_gpu8_$rep.json'))
 for r in d['rows']: print($rep, r['impl'], r['batch'], r['seconds'], round(r['clips_per_s']), round(r['p50_ms'], 2))"
     done ;;
+  final)  # issue 16's GPU goals on the final tree: four runs, impl order alternated (plain first in odd runs), so
+    # each configuration has four paired branch / plain ratios; then the summary (bench/gpu_ratios.py)
+    bash train/device_job.sh deps >/dev/null && setup
+    nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader
+    mkdir -p /root/runs  # runs kept on the machine, so REPS can split them over calls (10 minutes each)
+    for rep in ${REPS:-1 2 3 4}; do
+      impls=${IMPLS:-ours,branch,plain}; [ $((rep % 2)) = 1 ] && impls=$(echo "$impls" | tr ',' '\n' | tac | paste -sd,)
+      python3 bench/inference.py --model /root/model --device cuda --impls "$impls" --batches 1,256,1024 \
+        --seconds 4,30 --budget-s 2 --out "/root/runs/infer_final_$rep.json" >/dev/null 2>&1 || echo "run $rep failed"
+      cp "/root/runs/infer_final_$rep.json" "$OUT/" && echo "run $rep done at $SECONDS s"
+    done
+    python3 bench/gpu_ratios.py /root/runs/infer_final_*.json --out "$OUT/gpu_ratios.json" >/dev/null
+    python3 -c "import json; d = json.load(open('$OUT/gpu_ratios.json'))
+for r in d['rows']: print(r['impl'], r['batch'], r['seconds'], 'x plain', r['over_plain']['runs'], 'clips/s', [round(x) for x in r['clips_per_s']['runs']], 'peak', r['fraction_of_peak'] and r['fraction_of_peak']['runs'])" ;;
   train)
     setup
     EMO_SHARED_DATA="$STASH/data" timeout 300 python3 bench/train.py --model /root/model --data "$STASH/data" \
