@@ -134,7 +134,48 @@ def test_long_and_silent_audio(whisper_base):
     [text] = asr.ct2_transcribe(engine, [np.concatenate([first, gap, second])])
     assert _words([text]) == _words([f"{CLIPS[0][1]} {CLIPS[1][1]}"])
     [quiet] = asr.ct2_transcribe(engine, [np.zeros(2 * SAMPLE_RATE, np.float32)])
+    # digital silence: "you", at the edge of the no-speech test (mean log-probability ~-1.0); the app refuses
+    # silent audio before transcribing it (backend.media)
     assert len(quiet.split()) <= asr.token_cap(2 * SAMPLE_RATE)  # whatever it hears, it does not loop on
+
+
+def _noise(seconds: float, seed: int, level_db: float = -20.0) -> np.ndarray:
+    """Pink noise (1/f power) at an RMS level: what a room, a fan or a street sounds like."""
+    n = int(seconds * SAMPLE_RATE)
+    spectrum = np.fft.rfft(np.random.default_rng(seed).standard_normal(n))
+    noise = np.fft.irfft(spectrum / np.sqrt(np.maximum(np.arange(len(spectrum)), 1)), n)
+    return (noise / np.sqrt(np.mean(noise**2)) * 10 ** (level_db / 20)).astype(np.float32)
+
+
+def _hum(seconds: float) -> np.ndarray:
+    """Mains hum: 50 Hz and its harmonics, a little noise."""
+    t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+    wave = sum(np.sin(2 * np.pi * 50 * h * t) / h for h in range(1, 8)) / 4
+    return (wave + 0.01 * np.random.default_rng(0).standard_normal(len(t))).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_noise_and_hum_get_no_words_and_speech_keeps_them(whisper_base):
+    """Whisper writes words nobody said on noise ("1.5m de rin", "1.5%"); its no-speech test blanks those, and
+    leaves speech as it was, also speech in the same call."""
+    engine = asr.ct2_engine(whisper_base, torch.device("cpu"))
+    speech = _read(CLIPS[0][0])
+    texts = asr.ct2_transcribe(engine, [_noise(2, seed=1), _noise(4, seed=2, level_db=-30), _hum(2), speech])
+    assert texts[:3] == ["", "", ""]
+    assert _words(texts[3:]) == _words([CLIPS[0][1]])
+
+
+def test_the_no_speech_test_needs_both_signs():
+    """Whisper's rule: the no-speech token likely AND the words unlikely (a confident transcript stays)."""
+
+    class Result:  # the two fields of a CTranslate2 WhisperGenerationResult it reads
+        def __init__(self, no_speech_prob: float, mean_logprob: float, n: int = 9) -> None:
+            self.no_speech_prob, self.sequences_ids = no_speech_prob, [list(range(n))]
+            self.scores = [mean_logprob * (n + 1) / n]
+
+    assert asr.no_speech(Result(0.8, -1.5))
+    assert not asr.no_speech(Result(0.8, -0.3))  # likely silence, but the words are sure: kept
+    assert not asr.no_speech(Result(0.3, -1.5))  # unsure words, but speech is likely: kept
 
 
 @pytest.mark.slow
