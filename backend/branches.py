@@ -82,8 +82,8 @@ def speech_embed_batched(
         parts.append((logits.float(), e.float()))
     if not parts:
         return torch.empty(0, NUM_LABELS), torch.empty(0, model.config.embed_dim)
-    # back to the callers' order on the device, then one copy to the host (CPU index_put on the host took ~1 ms a
-    # call on a many-core host)
+    # back to the callers' order on the device, then one copy to the host (two index_puts on the host took ~2 ms a
+    # call on the H200's 16-core host)
     inverse = np.empty(len(audios), dtype=np.int64)
     inverse[[i for group in groups for i in group]] = np.arange(len(audios))
     both = torch.cat([torch.cat([logits, e], 1) for logits, e in parts])

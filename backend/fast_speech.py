@@ -309,8 +309,8 @@ class FastSpeech:
         valid frames, on the host (indices built there: no device sync)."""
         x, mask = self._front(wave, lengths)
         b, t, d = x.shape
-        # the indices in numpy: torch's CPU ops on these few thousand elements cost ~1 ms each on a many-core
-        # host (thread pool wake-ups), several ms a batch (H200 host, bench/branch_steps.py)
+        # the indices in numpy: torch's CPU ops on them (~51k for 256 x 4 s) took several ms a call on the H200's
+        # 16-core host (profile: bench/branch_steps.py, bench/RESULTS.md)
         counts = valid.numpy()
         index = torch.from_numpy(np.flatnonzero(np.arange(t)[None, :] < counts[:, None]))  # row r, frame f: r*t + f
         starts = torch.from_numpy(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
