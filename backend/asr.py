@@ -134,7 +134,8 @@ def no_speech(result: Any) -> bool:
     read: 63 of 63 synthetic noise, hum, click and music clips got words, 9 with it; the 360 RAVDESS and ASED dev
     transcripts stay as they were (bench/asr_no_speech.py)."""
     seq = result.sequences_ids[0]
-    mean_logprob = result.scores[0] * len(seq) / (len(seq) + 1)  # scores are the sum over len(seq) (penalty 1)
+    # CTranslate2 scores the sum divided by len(seq) (length penalty 1); Whisper divides the sum by len(seq) + 1
+    mean_logprob = result.scores[0] * len(seq) / (len(seq) + 1)
     return result.no_speech_prob > NO_SPEECH_PROB and mean_logprob < LOGPROB_FLOOR
 
 

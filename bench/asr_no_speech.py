@@ -15,13 +15,13 @@ from pathlib import Path
 from unittest import mock
 
 import numpy as np
-import soundfile as sf
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend import asr  # noqa: E402
+from backend.media import load_audio  # noqa: E402
 from backend.predictor import load_predictor  # noqa: E402
 from backend.settings import load_settings  # noqa: E402
 from backend.types import SAMPLE_RATE  # noqa: E402
@@ -36,7 +36,7 @@ def at_level(x: np.ndarray, level_db: float) -> np.ndarray:
 
 def non_speech(seed: int = 0) -> dict[str, np.ndarray]:
     """Sounds with no words: white / pink / brown noise, mains hum, clicks, a chord, a melody; 2, 4, 8 s; -45, -30,
-    -20 dB RMS (63 clips)."""
+    -20 dB RMS (63 clips; the app's checks, backend.media.prepare_audio, accept all of them)."""
     rng = np.random.default_rng(seed)
 
     def colored(n: int, alpha: float) -> np.ndarray:
@@ -87,11 +87,6 @@ def non_speech(seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def read(path: Path) -> np.ndarray:
-    audio, _ = sf.read(str(path), dtype="float32")
-    return audio if audio.ndim == 1 else audio.mean(1)
-
-
 def transcribe_all(engine: asr.Ct2Whisper, clips: list[np.ndarray], gate: bool) -> tuple[list[str], list[float]]:
     """One clip per call, as the app transcribes; gate off = no_speech always False."""
     texts, times = [], []
@@ -112,8 +107,8 @@ def main() -> None:
     random.Random(0).shuffle(examples)
     sets = {
         "non_speech": list(non_speech().values()),
-        "ravdess_dev": [read(e.path) for e in ravdess(actors=SPEECH_DEV_ACTORS)],
-        "ased_dev": [read(e.path) for e in examples[: args.ased]],
+        "ravdess_dev": [load_audio(e.path) for e in ravdess(actors=SPEECH_DEV_ACTORS)],
+        "ased_dev": [load_audio(e.path) for e in examples[: args.ased]],
     }
     predictor = load_predictor(settings=load_settings(asr=True))
     engine = asr.ct2_engine(predictor.model.speech, torch.device("cpu"))

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from backend.branches import speech_embed_batched  # noqa: E402
+from backend.fast_speech import FastSpeech  # noqa: E402
 from backend.model import EmotionModel  # noqa: E402
 from backend.speech import HOP_LENGTH, pad_on_host, padded_frames, valid_frames  # noqa: E402
 from bench.inference import OursBranch, OursSpeech, PlainEncoder, make_clips  # noqa: E402
@@ -35,7 +36,7 @@ def ms(fn, reps: int = 15) -> float:
     return round(float(np.median(out)), 3)
 
 
-def steps(model: EmotionModel, fast, branch: OursBranch, plain: PlainEncoder, batch: int) -> dict:
+def steps(model: EmotionModel, fast: FastSpeech, branch: OursBranch, plain: PlainEncoder, batch: int) -> dict:
     """Each step of one call on batch x 4 s clips, synchronised, ms (median of 15)."""
     device = model.device
     clips = make_clips(batch, 4.0, seed=7)
