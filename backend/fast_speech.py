@@ -60,7 +60,6 @@ GRAPH_MAX_BATCH = 16  # batches up to this size replay a captured CUDA graph (la
 # ... and hold at most this much padded audio: 16 x 30 s ran faster packed (1,125-1,363 clips/s) than graphed
 # (990-1,073), 16 x 4 s far slower (2,456-2,718 vs 5,930-6,703), H200, bench/device_bench.sh infer8
 GRAPH_MAX_FRAMES = 24_000  # mel frames (100 a second): 240 s, e.g. 8 x 30 s or 16 x 15 s
-PIECE_SAMPLES = 4_000_000  # a big batch is padded on the host and sent in pieces of about this many samples (16 MB)
 
 
 def _varlen_attn():
@@ -197,7 +196,6 @@ class FastSpeech:
         usable = model.device.type == "cuda" and dtype in (torch.float16, torch.bfloat16)
         self.varlen = _varlen_attn() if varlen and usable else None  # None: masked scaled-dot-product attention
         self.pack = pack  # big batches with varlen: only valid frames through the layers (False: padded slots)
-        self.piece_samples = PIECE_SAMPLES  # big batches padded and sent in pieces this size (see embed)
 
     # -- the computation -------------------------------------------------------------------------------------
     def _front(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,10 +215,7 @@ class FastSpeech:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The padded batch (graphs, CPU): _front, then every layer on (B, T, D) with padding keys never attended.
         unpadded: the caller knows no clip has padding frames: attend without a mask (the flash kernel)."""
-        return self._layers(*self._front(wave, lengths), unpadded=unpadded)
-
-    def _layers(self, x: torch.Tensor, mask: torch.Tensor, unpadded: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """_forward after the front end: the layers on the padded states (B, T, D), then the head."""
+        x, mask = self._front(wave, lengths)
         attn_mask: torch.Tensor | Padded | None = None
         if not unpadded:
             attn_mask = mask[:, None, None, :] if self.varlen is None else self._varlen_lengths(mask)
@@ -271,36 +266,9 @@ class FastSpeech:
 
     def embed(self, clips: list) -> tuple[torch.Tensor, torch.Tensor]:
         """Clips (1-D arrays, <= 30 s) -> logits (B, 7), embeddings (B, E) float32 on the device."""
-        cuda = self.device.type == "cuda"
-        sizes = [int(np.asarray(c).size) for c in clips]
-        if self.graphs_enabled and graphed(len(sizes), max(sizes)):  # small: one padded copy, one graph replay
-            host, lengths = pad_on_host(clips, pin=cuda)
-            wave = host.to(self.device, non_blocking=True)
-            return self(wave, lengths.to(self.device, non_blocking=True), host_lengths=lengths)
-        return self._embed_in_pieces(clips, sizes)
-
-    @torch.inference_mode()
-    def _embed_in_pieces(self, clips: list, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """A big batch, padded on the host a piece at a time: each piece's copy and front end are queued on the
-        device while the host pads the next, so they overlap the padding instead of following it (256 x 4 s: 10.8
-        ms of padding, then 1.3 ms of copy and 3.2 ms of front end, H200, bench/branch_steps.py). The front end is
-        per clip, so the pieces' states are the whole batch's."""
-        if max(sizes) > N_SAMPLES:
-            raise ValueError(f"Whisper's encoder takes at most 30 s; split clips of {max(sizes)} samples")
-        frames = padded_frames(max(sizes))  # trimmed to the longest clip, as __call__ and speech_forward do
-        width = frames * HOP_LENGTH
-        step = max(1, math.ceil(self.piece_samples / width))
-        cuda = self.device.type == "cuda"
-        states, masks = [], []
-        with torch.autocast(self.device.type, enabled=False):
-            for a in range(0, len(clips), step):
-                host, lengths = pad_on_host(clips[a : a + step], pin=cuda, width=width)
-                wave = host.to(self.device, non_blocking=True)
-                x, mask = self._front(wave, lengths.to(self.device, non_blocking=True))
-                states.append(x)
-                masks.append(mask)
-            x, mask = (torch.cat(parts) if len(parts) > 1 else parts[0] for parts in (states, masks))
-            return self._after_front(x, mask, valid_frames(torch.tensor(sizes), frames))
+        host, lengths = pad_on_host(clips, pin=self.device.type == "cuda")
+        wave = host.to(self.device, non_blocking=True)
+        return self(wave, lengths.to(self.device, non_blocking=True), host_lengths=lengths)
 
     # -- batching --------------------------------------------------------------------------------------------
     @staticmethod
@@ -327,29 +295,19 @@ class FastSpeech:
             frames = padded_frames(n)  # big batches: trimmed to the longest clip, as speech_forward does
             wave = nn.functional.pad(wave, (0, frames * HOP_LENGTH - n))
             known = lengths.cpu() if host_lengths is None else host_lengths  # from the device: waits for the GPU
-            return self._after_front(*self._front(wave, lengths), valid_frames(known, frames))
-
-    def _after_front(
-        self, x: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A big batch after the front end: packed where varlen is there, else padded with the mask."""
-        if self.varlen is not None and self.pack:
-            return self._packed_layers(x, mask, valid)
-        logits, emb = self._layers(x, mask, unpadded=bool((valid >= x.shape[1]).all()))
-        return logits.float(), emb.float()
+            valid = valid_frames(known, frames)
+            if self.varlen is not None and self.pack:
+                return self._packed(wave, lengths, valid)
+            logits, emb = self._forward(wave, lengths, unpadded=bool((valid >= frames // 2).all()))
+            return logits.float(), emb.float()
 
     def _packed(
         self, wave: torch.Tensor, lengths: torch.Tensor, valid: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """_packed_layers after the front end on the padded batch."""
-        return self._packed_layers(*self._front(wave, lengths), valid)
-
-    def _packed_layers(
-        self, x: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """A batch too big for a graph, on CUDA: the layers on the valid frames alone, clips laid end to end (flash
-        varlen attention), so padding costs nothing. x, mask: the front end's padded states; valid: each clip's
+        """A batch too big for a graph, on CUDA: the front end on the padded batch, then the layers on the valid
+        frames alone, clips laid end to end (flash varlen attention), so padding costs nothing. valid: each clip's
         valid frames, on the host (indices built there: no device sync)."""
+        x, mask = self._front(wave, lengths)
         b, t, d = x.shape
         # the indices in numpy: torch's CPU ops on them (~51k for 256 x 4 s) took several ms a call on the H200's
         # 16-core host (profile: bench/branch_steps.py, bench/RESULTS.md)

@@ -205,20 +205,15 @@ def _fill_pool() -> ThreadPoolExecutor:
     return _FILL_POOLS[key]
 
 
-def pad_on_host(
-    clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False, width: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_on_host(clips: list[np.ndarray] | list[torch.Tensor], pin: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Clips -> one zero-padded (B, n_max) float32 CPU buffer (page-locked if pin and CUDA is there), lengths (B,).
-    width: pad to this many samples instead of n_max (>= it): pieces of one batch padded alike.
 
     One buffer means one host-to-device copy per batch; pinned, that copy can overlap with compute.
     """
     arrays = [np.asarray(a, dtype=np.float32).reshape(-1) for a in clips]
     sizes = [len(a) for a in arrays]
-    if width is not None and width < max(sizes):
-        raise ValueError(f"width {width} is shorter than the longest clip ({max(sizes)} samples)")
     pin = pin and torch.cuda.is_available()
-    host = torch.empty(len(arrays), width or max(sizes), pin_memory=pin)
+    host = torch.empty(len(arrays), max(sizes), pin_memory=pin)
     view = host.numpy()
 
     def fill(rows: range) -> None:  # each row written once: the clip, then zeros (no memset of the whole buffer)

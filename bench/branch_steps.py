@@ -1,6 +1,5 @@
 """Where the audio branch's call spends the time its forward does not (issue 16): each step of a call on 256 and
-64 x 4 s clips, synchronised, beside the plain encoder's call (and the branch with big batches padded whole, as
-before they went in pieces), and the top CPU ops of three branch calls (CUDA).
+64 x 4 s clips, synchronised, beside the plain encoder's call, and the top CPU ops of three branch calls (CUDA).
 
     python bench/branch_steps.py MODEL_DIR [OUT.json]
 """
@@ -37,19 +36,6 @@ def ms(fn, reps: int = 15) -> float:
     return round(float(np.median(out)), 3)
 
 
-def whole(fast: FastSpeech, fn):
-    """fn() with big batches padded and copied whole, as before the pieces (backend.fast_speech.embed)."""
-
-    def call():
-        saved, fast.piece_samples = fast.piece_samples, 2**62
-        try:
-            return fn()
-        finally:
-            fast.piece_samples = saved
-
-    return call
-
-
 def steps(model: EmotionModel, fast: FastSpeech, branch: OursBranch, plain: PlainEncoder, batch: int) -> dict:
     """Each step of one call on batch x 4 s clips, synchronised, ms (median of 15)."""
     device = model.device
@@ -67,10 +53,8 @@ def steps(model: EmotionModel, fast: FastSpeech, branch: OursBranch, plain: Plai
         "packed_all": ms(lambda: fast._packed(padded, dev_lengths, valid)),
         "fast_call": ms(lambda: fast(wave, dev_lengths, host_lengths=lengths)),
         "fast_embed": ms(lambda: fast.embed(clips)),
-        "fast_embed_whole": ms(whole(fast, lambda: fast.embed(clips))),
         "embed_batched": ms(lambda: speech_embed_batched(model, clips, fast=fast)),
         "branch_call": ms(lambda: branch(clips)),
-        "branch_call_whole": ms(whole(fast, lambda: branch(clips))),
         "plain_forward": ms(lambda: plain.forward(wave)),
         "plain_call": ms(lambda: plain(clips)),
     }

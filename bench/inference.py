@@ -273,16 +273,11 @@ def matmul_peak(device: torch.device, n: int = 8192) -> float:
 
 def branch_variant(model: EmotionModel, name: str) -> OursBranch:
     """'branch@S' / 'branch@S/B': at most S seconds of audio (and B clips) per forward; 'branch_nographs': no CUDA
-    graphs; 'branch_onepiece': big batches padded and copied whole (before pieces). Each its own Predictor."""
+    graphs. Each its own Predictor (no shared state)."""
     if name == "branch_nographs":  # batches of <= 16 clips packed too, not replayed from a CUDA graph
         branch = OursBranch(OursSpeech(model))
         if branch.predictor.fast_speech is not None:
             branch.predictor.fast_speech.graphs_enabled = False
-        return branch
-    if name == "branch_onepiece":  # a big batch padded on the host whole, then copied, then the front end
-        branch = OursBranch(OursSpeech(model))
-        if branch.predictor.fast_speech is not None:
-            branch.predictor.fast_speech.piece_samples = 2**62
         return branch
     head, _, spec = name.partition("@")
     if head != "branch" or not spec:

@@ -75,23 +75,6 @@ def test_longer_than_whisper_window_is_refused(fast_cpu):
     host, lengths = pad_on_host(clips(3, (480_001,)))
     with pytest.raises(ValueError, match="30 s"):
         fast_cpu(host, lengths)
-    with pytest.raises(ValueError, match="30 s"):
-        fast_cpu.embed(clips(3, (16_000, 480_001)))
-
-
-def test_a_batch_sent_in_pieces_equals_the_batch_sent_whole(fast_cpu, monkeypatch):
-    """Big batches are padded and sent a piece at a time (the copy and front end overlap the padding): one clip
-    a piece or all in one, the same numbers as the whole padded batch through __call__."""
-    batch = clips(6, (9_000, 150_000, 33_000, 64_000, 71_000))
-    with torch.inference_mode():
-        host, lengths = pad_on_host(batch)
-        whole, whole_emb = fast_cpu(host, lengths, host_lengths=lengths)
-        monkeypatch.setattr(fast_cpu, "piece_samples", 1)  # a piece per clip
-        pieces, pieces_emb = fast_cpu.embed(batch)
-    assert torch.allclose(pieces, whole, atol=2e-5), (pieces - whole).abs().max()
-    assert torch.allclose(pieces_emb, whole_emb, atol=2e-5)
-    with pytest.raises(ValueError, match="shorter"):
-        pad_on_host(batch, width=100_000)
 
 
 def test_graph_buckets_are_whole_seconds():
