@@ -50,6 +50,21 @@ def split_folder(src: Path, dst_parts: list[Path], rel_root: Path) -> None:
         sizes[i] += f.stat().st_size
 
 
+def fresh_parts(out: Path, names: Sequence[str]) -> dict[str, Path]:
+    """Empty folders out/NAME, one per part (an earlier pack of the same name is removed)."""
+    parts = {name: out / name for name in names}
+    for d in parts.values():
+        if d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True)
+    return parts
+
+
+def part_sizes(parts: dict[str, Path]) -> dict[str, int]:
+    """Bytes in each part (each must fit the 64 MiB carry beside the working tree)."""
+    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+
+
 def split_file(src: Path, dst_parts: list[Path], chunk: int) -> list[Path]:
     """src cut into pieces of `chunk` bytes named part.aa, part.ab, ... (as `split -b`), the i-th in dst_parts[i]
     (the last part takes the rest); joined on the device with `cat part.a? > file`."""
@@ -71,18 +86,16 @@ def pack_bench(out: Path, cache: Path, wheels: Path) -> dict[str, int]:
     from backend.text import minilm_wheel_path
     from backend.whisper_convert import ensure_converted
 
-    parts = {name: out / name for name in ("w", "m1a", "m1b")}
-    for d in parts.values():
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+    parts = fresh_parts(out, ("w", "m1a", "m1b"))
     pack_folder_fp16(ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",))
     minilm = pack_folder_fp16(minilm_wheel_path(), parts["m1a"] / "minilm")
     split_file(minilm / "model.safetensors", [parts["m1a"], parts["m1b"]], 25 * 2**20)
     (minilm / "model.safetensors").unlink()
     if Path(wheels).is_dir():
         shutil.copytree(wheels, parts["m1b"], dirs_exist_ok=True)
-    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+    else:  # the machine then lacks soundfile and the app's pure-Python dependencies
+        log.warning("no wheels at %s: fetch them first (see bench/device_bench.sh's header)", wheels)
+    return part_sizes(parts)
 
 
 def pack_speech(out: Path, data: Path, cache: Path, codecs: Path, wheels: Path) -> dict[str, int]:
@@ -90,18 +103,14 @@ def pack_speech(out: Path, data: Path, cache: Path, codecs: Path, wheels: Path) 
     (fp16) + wheels the GPU machine lacks, r = RAVDESS, s1-s3 = ASED, k = codec copies."""
     from backend.whisper_convert import ensure_converted
 
-    parts = {name: out / name for name in ("w", "r", "s1", "s2", "s3", "k")}
-    for d in parts.values():
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+    parts = fresh_parts(out, ("w", "r", "s1", "s2", "s3", "k"))
     pack_folder_fp16(ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",))
     for wheel in Path(wheels).glob("*.whl"):
         shutil.copy2(wheel, parts["w"] / wheel.name)
     shutil.copytree(data / "ravdess-speech-16k", parts["r"] / "data" / "ravdess-speech-16k")
     split_folder(data / "ased-speech-16k", [parts[f"s{i}"] / "data" for i in (1, 2, 3)], data)
     shutil.copytree(codecs, parts["k"] / "codecs")
-    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+    return part_sizes(parts)
 
 
 def pack_adapt(out: Path, data: Path, base_model: Path, wheels: Path) -> dict[str, int]:
@@ -109,18 +118,14 @@ def pack_adapt(out: Path, data: Path, base_model: Path, wheels: Path) -> dict[st
     model, the text and face dev sets and the pure-Python wheels the GPU machine lacks (sqlite-utils, ...)."""
     from backend.text import minilm_wheel_path
 
-    parts = {name: out / name for name in ("m1", "m2")}
-    for d in parts.values():
-        if d.exists():
-            shutil.rmtree(d)
-        d.mkdir(parents=True)
+    parts = fresh_parts(out, ("m1", "m2"))
     pack_folder_fp16(minilm_wheel_path(), parts["m1"] / "minilm")
     shutil.copytree(base_model, parts["m2"] / "base-model")
     shutil.copytree(data / "text" / "goemotions-ekman", parts["m2"] / "data" / "text" / "goemotions-ekman")
     (parts["m2"] / "data" / "faces").mkdir(parents=True)
     shutil.copy2(data / "faces" / "fer2013_val.npz", parts["m2"] / "data" / "faces")
     shutil.copytree(wheels, parts["m2"] / "wheels")
-    return {k: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) for k, d in parts.items()}
+    return part_sizes(parts)
 
 
 def pack(out: Path, data: Path, cache: Path) -> dict[str, int]:
