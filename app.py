@@ -71,6 +71,7 @@ CACHE_TTL_S = 3600  # served copies of clips (and uploads) leave Gradio's cache 
 SERVE_TTL_S = 300  # a served copy of a clip is deleted after this (Gradio copies it into its cache at once)
 PLAYABLE_WAV = {"PCM_16", "PCM_24", "PCM_U8", "FLOAT"}  # wav codecs browsers play (Gradio's list, soundfile names)
 PREDICT_NICE = 10  # CPU priority of predictions under votes and page events (Linux nice: per thread)
+LONG_JOB_NICE = 19  # a long clip's analysis: background work, below every request (its transcription too)
 KEYS_STORAGE = "emo-studio-annotator-keys"  # localStorage entry: {annotator id: key} of this browser
 
 
@@ -198,20 +199,30 @@ def lower_priority(nice: int) -> None:
 
 
 @functools.cache
-def prediction_worker() -> ThreadPoolExecutor:
-    """The one thread that runs short predictions and loads the model, at nice PREDICT_NICE.
+def prediction_worker(kind: str = "media") -> ThreadPoolExecutor:
+    """The thread that runs short predictions of one kind ("media": audio, images, video, and the model load;
+    "text": text-only), at nice PREDICT_NICE; "long": the threads of long clips' analyses, at LONG_JOB_NICE.
 
     The predictor does one forward at a time anyway; here the threads doing it (torch's OpenMP team and
     CTranslate2's workers, started by this thread and so niced like it) give a core to a vote (~30 ms of CPU)
-    as soon as it needs one instead of sharing both cores evenly with it (bench/serve.py --scenario crowd)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="predict", initializer=lower_priority, initargs=(PREDICT_NICE,))
+    as soon as it needs one instead of sharing both cores evenly with it (bench/serve.py --scenario crowd).
+    Text-only requests have their own thread (and the predictor its text lock), so they never queue behind a
+    clip that waits for a long analysis's step; that analysis runs below them all."""
+    if kind == "long":
+        nice, workers = LONG_JOB_NICE, LONG_JOBS_AT_ONCE
+    else:
+        nice, workers = PREDICT_NICE, 1
+    return ThreadPoolExecutor(
+        workers, thread_name_prefix=f"predict-{kind}", initializer=lower_priority, initargs=(nice,)
+    )
 
 
-def in_prediction_worker(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """fn(*args) on the prediction worker (directly on Spaces, whose ZeroGPU runs the call in another process)."""
+def in_prediction_worker(fn: Callable[..., Any], *args: Any, kind: str = "media", **kwargs: Any) -> Any:
+    """fn(*args) on the prediction worker of `kind` (directly on Spaces, whose ZeroGPU runs the call in another
+    process)."""
     if ON_SPACES:
         return fn(*args, **kwargs)
-    return prediction_worker().submit(fn, *args, **kwargs).result()
+    return prediction_worker(kind).submit(fn, *args, **kwargs).result()
 
 
 def shows_errors(fn: Callable) -> Callable:
@@ -254,18 +265,23 @@ def run_model(sample, progress: gr.Progress | None = None, voice: SpeakerStats |
     voice: this session's earlier speech (backend.adapt), updated with this clip's."""
     predictor = get_predictor()
     if not predictor.is_long(sample):
-        return in_prediction_worker(predictor.predict_batch, [sample], speakers=[voice])[0]
+        kind = "text" if sample.modalities == ["text"] else "media"
+        return in_prediction_worker(predictor.predict_batch, [sample], speakers=[voice], kind=kind)[0]
     if not _long_jobs.acquire(blocking=False):  # a third would hold a worker that short requests need
         raise MediaError(MSG_LONG_BUSY.format(seconds=LONG_CLIP_SECONDS))
+    steps = predictor.predict_steps(sample)
     try:
-        for step in predictor.predict_steps(sample):
+        while True:  # each step on a low-priority thread; the progress bar from this one
+            step = in_prediction_worker(next, steps, None, kind="long")
+            if step is None:
+                raise RuntimeError("predict_steps ended without a prediction")
             if isinstance(step, Prediction):
                 return step
             if progress is not None:
                 progress(step, desc=f"Analysing {sample.duration / 60:.1f} minutes of audio")
     finally:
+        steps.close()
         _long_jobs.release()
-    raise RuntimeError("predict_steps ended without a prediction")
 
 
 @shows_errors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -80,6 +81,9 @@ class Predictor:
         self.model = model.eval()
         self.settings = settings or load_settings()
         self.lock = PriorityLock()  # one forward at a time per process; requests before long jobs' steps
+        # the text branch, one call at a time (a fast tokenizer must not be shared between threads). Text-only
+        # requests take only this one, so a long clip's speech step never makes them wait
+        self.text_lock = threading.RLock()
         self.fast_speech = self._fast_speech()
         if self.settings.asr and getattr(model.speech, "kind", "") == "whisper":
             from backend.asr import preload
@@ -125,7 +129,8 @@ class Predictor:
         start = time.perf_counter()
         work = _Work(notes={i: [] for i in range(len(samples))}, speakers=list(speakers or [None] * len(samples)))
         assert len(work.speakers) == len(samples), "one SpeakerStats (or None) per sample"
-        with self.lock, torch.inference_mode(), self._autocast():
+        text_only = all(s.modalities == ["text"] for s in samples)
+        with self.text_lock if text_only else self.lock, torch.inference_mode(), self._autocast():
             transcripts = self._start_asr(samples)  # CTranslate2 transcribes while the audio branch runs
             self._run_speech(samples, work, update_speakers)
             work.transcripts.update(transcripts() if transcripts else {})
@@ -171,7 +176,8 @@ class Predictor:
             self._run_text([sample], work)
             self._run_faces([sample], work, False)
             fused = self._fuse_all(1, work)[0]
-            yield self._prediction(0, sample, work, *fused, (time.perf_counter() - start) * 1000)
+            prediction = self._prediction(0, sample, work, *fused, (time.perf_counter() - start) * 1000)
+        yield prediction  # outside the lock: the caller may close the generator from another thread
 
     def _segments(self, audio: np.ndarray, ranges: list[tuple[int, int]]) -> list[Segment]:
         """Timeline segments of audio[a:b] for each (a, b)."""
@@ -290,10 +296,11 @@ class Predictor:
             if text.strip():
                 idx.append(i)
                 texts.append(text)
-        for a in range(0, len(texts), 64):
-            logits, _ = text_forward(self.model, texts[a : a + 64])
-            for i, p in zip(idx[a : a + 64], self._calibrated(logits, "text")):
-                work.text_probs[i] = p
+        with self.text_lock:
+            for a in range(0, len(texts), 64):
+                logits, _ = text_forward(self.model, texts[a : a + 64])
+                for i, p in zip(idx[a : a + 64], self._calibrated(logits, "text")):
+                    work.text_probs[i] = p
 
     def _run_faces(self, samples: list[Sample], work: _Work, faces_are_crops: bool) -> None:
         import cv2

@@ -30,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.report import emit  # noqa: E402
+from bench.serve import client as bench_client  # noqa: E402
 from bench.serve import figures, free_port, seed, start_app, timed, wait_up  # noqa: E402
 from train.corpora import ravdess, shared_data_dir  # noqa: E402
 
@@ -48,9 +49,7 @@ class Ledger:
 
 
 def annotator(url: str, name: str, stop: float, think: float, timeout: float, attempts: int, book: Ledger) -> None:
-    from gradio_client import Client
-
-    client = Client(url, verbose=False)
+    client = bench_client(url)
     clip_id = None
     for attempt in range(attempts):  # Start is safe to repeat too: it hands out the clip already held
         try:
@@ -87,9 +86,9 @@ def annotator(url: str, name: str, stop: float, think: float, timeout: float, at
 
 
 def predictor(url: str, clips: list[Path], stop: float, k: int, step: int, errors: list[str]) -> None:
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
-    client = Client(url, verbose=False)
+    client = bench_client(url)
     while time.perf_counter() < stop:
         try:
             client.predict(audio=handle_file(str(clips[k % len(clips)])), api_name="/predict")

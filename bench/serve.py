@@ -20,8 +20,10 @@ requests sent one after another while a long clip is analysed, against the same 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -66,6 +68,30 @@ def start_app(data_dir: Path, port: int, args: argparse.Namespace) -> subprocess
     )
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+def client(url: str, per_call_tls: bool = False, **kwargs):
+    """A gradio_client Client whose HTTP calls share one TLS context.
+
+    gradio_client opens a fresh httpx client for every call (post, event stream, file download, heartbeat),
+    and each builds a TLS context from certifi's CA bundle even for an http:// URL: ~170 ms of CPU per vote on
+    this 2-core box, against ~35 ms for the app's own work, so 20 simulated annotators spent most of the
+    server's cores on themselves (`--per-call-tls` keeps that, for comparison). Browsers keep their
+    connections and run elsewhere; with the shared context a vote costs the client ~9 ms."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=True if per_call_tls else _tls_context(), **kwargs)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds the process `pid` has used (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def wait_up(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
     import urllib.request
 
@@ -90,9 +116,9 @@ def seed(data_dir: Path, clips: list[Path]) -> None:
             store.add_clip(clip.read_bytes(), ext=clip.suffix, modalities=["speech"], duration=3.5, consent=True)
 
 
-def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: float) -> dict:
+def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: float, per_call_tls: bool = False) -> dict:
     """n_clients threads, each with its own Client; returns latencies per endpoint and errors."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     lat: dict[str, list[float]] = {"predict": [], "vote": []}
     errors: list[str] = []
@@ -100,7 +126,7 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
 
     def one(i: int) -> None:
         try:
-            client = Client(url, verbose=False)
+            session = client(url, per_call_tls)
         except Exception as exc:
             with lock:
                 errors.append(f"connect: {type(exc).__name__}: {exc}"[:200])
@@ -108,12 +134,12 @@ def drive(url: str, clips: list[Path], n_clients: int, rounds: int, timeout: flo
         for r in range(rounds):
             clip = clips[(i * rounds + r) % len(clips)]
             for name, fn in (
-                ("predict", lambda clip=clip: client.predict(audio=handle_file(str(clip)), api_name="/predict")),
+                ("predict", lambda clip=clip: session.predict(audio=handle_file(str(clip)), api_name="/predict")),
                 (
                     "vote",
                     lambda: (
-                        client.predict(name=f"bench{i}", api_name="/next_item"),
-                        client.predict(labels=["sad"], unsure=False, note="", api_name="/vote"),
+                        session.predict(name=f"bench{i}", api_name="/next_item"),
+                        session.predict(labels=["sad"], unsure=False, note="", api_name="/vote"),
                     ),
                 ),
             ):
@@ -194,6 +220,8 @@ def crowd(
     think: float,
     tag: str = "",
     per_process: int = 5,
+    per_call_tls: bool = False,
+    server_pid: int | None = None,
 ) -> dict:
     """Annotators voting and clients predicting for `seconds`; latencies per endpoint. `tag` keeps the annotator
     names of different phases apart (a name seen before needs its key).
@@ -203,7 +231,10 @@ def crowd(
     `python bench/serve.py --scenario crowd --annotators 20 --predictors 0`), so the bench timed its own queue for
     the GIL. Browsers do not share a GIL; separate processes come closer (they still share this box's cores).
     Processes get 5 s to start, then every client runs until the same wall-clock end, so a phase lasts up to
-    `seconds` + 5 and counts a few more votes; latencies are per request either way."""
+    `seconds` + 5 and counts a few more votes; latencies are per request either way.
+    CPU seconds used by the simulated clients (`load_cpu_s`) and by the app (`server_cpu_s`, with `server_pid`)
+    come with the latencies: on a 2-core box both share the cores."""
+    import resource
     from concurrent.futures import ProcessPoolExecutor
 
     roles = [("annotator", i) for i in range(annotators)] + [("predictor", i) for i in range(predictors)]
@@ -212,14 +243,29 @@ def crowd(
     stop = time.time() + seconds + 5.0 * bool(per_process)  # wall clock: shared by processes; 5 s to start them
     lat: dict[str, list[float]] = {"vote": [], "predict": []}
     errors: list[str] = []
+
+    def used() -> float:  # this process and its finished children (the client processes, once the pool is shut)
+        return sum(
+            getattr(resource.getrusage(who), f)
+            for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+            for f in ("ru_utime", "ru_stime")
+        )
+
+    load0, server0, wall0 = used(), cpu_seconds(server_pid) if server_pid else 0.0, time.perf_counter()
     if not groups:
         parts = []
     elif not per_process:
-        parts = [crowd_clients(url, clips, groups[0], predictors, stop, think, tag)]
+        parts = [crowd_clients(url, clips, groups[0], predictors, stop, think, tag, per_call_tls)]
     else:
         with ProcessPoolExecutor(len(groups)) as pool:
-            jobs = [pool.submit(crowd_clients, url, clips, g, predictors, stop, think, tag) for g in groups]
+            jobs = [
+                pool.submit(crowd_clients, url, clips, g, predictors, stop, think, tag, per_call_tls) for g in groups
+            ]
             parts = [job.result() for job in jobs]
+    wall = time.perf_counter() - wall0
+    cpu = {"wall_s": round(wall, 1), "load_cpu_s": round(used() - load0, 1)}
+    if server_pid:
+        cpu["server_cpu_s"] = round(cpu_seconds(server_pid) - server0, 1)
     for part in parts:
         for name in lat:
             lat[name] += part["lat"][name]
@@ -230,6 +276,8 @@ def crowd(
         "think_s": think,
         "seconds": seconds,
         "client_processes": len(groups) if per_process else 1,
+        "per_call_tls": per_call_tls,
+        **cpu,
         "errors": len(errors),
         "error_samples": sorted(set(errors))[:5],
         **{name: figures(values) for name, values in lat.items()},
@@ -237,10 +285,17 @@ def crowd(
 
 
 def crowd_clients(
-    url: str, clips: list[Path], roles: list[tuple[str, int]], predictors: int, stop: float, think: float, tag: str
+    url: str,
+    clips: list[Path],
+    roles: list[tuple[str, int]],
+    predictors: int,
+    stop: float,
+    think: float,
+    tag: str,
+    per_call_tls: bool = False,
 ) -> dict:
     """One process's share of crowd(): a thread per client until the wall-clock time `stop`; its latencies."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     lat: dict[str, list[float]] = {"vote": [], "predict": []}
     errors: list[str] = []
@@ -257,8 +312,8 @@ def crowd_clients(
 
     def annotator(i: int) -> None:
         try:
-            client = Client(url, verbose=False)
-            client.predict(name=f"bench{tag}{i}", api_name="/next_item")
+            session = client(url, per_call_tls)
+            session.predict(name=f"bench{tag}{i}", api_name="/next_item")
         except Exception as exc:
             with lock:
                 errors.append(f"start: {type(exc).__name__}: {exc}"[:200])
@@ -266,14 +321,14 @@ def crowd_clients(
         while time.time() < stop:
             time.sleep(think)
             label = ["sad", "happy", "angry"][len(lat["vote"]) % 3]
-            record("vote", lambda label=label: client.predict(labels=[label], unsure=False, note="", api_name="/vote"))
+            record("vote", lambda label=label: session.predict(labels=[label], unsure=False, note="", api_name="/vote"))
 
     def predictor(i: int) -> None:
-        client = Client(url, verbose=False)
+        session = client(url, per_call_tls)
         k = i
         while time.time() < stop:
             clip = clips[k % len(clips)]
-            record("predict", lambda clip=clip: client.predict(audio=handle_file(str(clip)), api_name="/predict"))
+            record("predict", lambda clip=clip: session.predict(audio=handle_file(str(clip)), api_name="/predict"))
             k += predictors
 
     threads = [threading.Thread(target=annotator if role == "annotator" else predictor, args=(i,)) for role, i in roles]
@@ -299,7 +354,7 @@ def long_clip(clips: list[Path], minutes: float, folder: Path) -> Path:
     return path
 
 
-def probe_requests(client, short: Path, rounds: int, until: Callable[[], bool] | None = None) -> dict:
+def probe_requests(session, short: Path, rounds: int, until: Callable[[], bool] | None = None) -> dict:
     """Text-only and 4 s clip requests one after another: `rounds` of each, or while until() is false."""
     from gradio_client import handle_file
 
@@ -307,26 +362,30 @@ def probe_requests(client, short: Path, rounds: int, until: Callable[[], bool] |
     for r in range(rounds):
         if until is not None and until():
             break
-        lat["text_only"].append(timed(lambda r=r: client.predict(text=f"{TEXT} ({r})", api_name="/predict"), 120))
-        lat["short_clip"].append(timed(lambda: client.predict(audio=handle_file(str(short)), api_name="/predict"), 120))
+        lat["text_only"].append(timed(lambda r=r: session.predict(text=f"{TEXT} ({r})", api_name="/predict"), 120))
+        lat["short_clip"].append(
+            timed(lambda: session.predict(audio=handle_file(str(short)), api_name="/predict"), 120)
+        )
     return lat
 
 
-def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folder: Path) -> dict:
+def head_of_line(
+    url: str, clips: list[Path], minutes: float, rounds: int, folder: Path, per_call_tls: bool = False
+) -> dict:
     """Short requests alone, then the same while a long clip is analysed; ratios of their medians."""
-    from gradio_client import Client, handle_file
+    from gradio_client import handle_file
 
     short = clips[0]
-    client, long_client = Client(url, verbose=False), Client(url, verbose=False)
-    probe_requests(client, short, 2)  # warm-up: first requests load engines and caches
-    alone = probe_requests(client, short, rounds)
+    session, long_session = client(url, per_call_tls), client(url, per_call_tls)
+    probe_requests(session, short, 2)  # warm-up: first requests load engines and caches
+    alone = probe_requests(session, short, rounds)
     path = long_clip(clips, minutes, folder)
     done: dict[str, float | str] = {}
 
     def analyse_long() -> None:
         try:
             done["seconds"] = timed(
-                lambda: long_client.predict(audio=handle_file(str(path)), api_name="/predict"), 3600
+                lambda: long_session.predict(audio=handle_file(str(path)), api_name="/predict"), 3600
             )
         except Exception as exc:
             done["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -334,7 +393,7 @@ def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folde
     job = threading.Thread(target=analyse_long)
     job.start()
     time.sleep(5.0)  # the long clip is uploaded and its analysis under way
-    loaded = probe_requests(client, short, 10_000, until=lambda: bool(done))
+    loaded = probe_requests(session, short, 10_000, until=lambda: bool(done))
     job.join()
     report: dict = {"long_clip_minutes": minutes, "long_clip": done}
     for name in alone:
@@ -344,13 +403,23 @@ def head_of_line(url: str, clips: list[Path], minutes: float, rounds: int, folde
     return report
 
 
-def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: Path) -> dict:
+def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: Path, server_pid: int) -> dict:
+    tls = args.per_call_tls
     if args.scenario == "crowd":
-        per = args.clients_per_process
-        loaded = crowd(url, clips, args.annotators, args.predictors, args.seconds, args.think, "a", per)
-        alone = crowd(url, clips, args.annotators, 0, args.seconds, args.think, "b", per)
-        one = crowd(url, clips, 1, 0, args.seconds, args.think, "c", per)  # the floor: one vote at a time, nothing else
-        predict_alone = crowd(url, clips, 0, args.predictors, args.seconds, args.think, "", per)
+        phase = functools.partial(
+            crowd,
+            url,
+            clips,
+            seconds=args.seconds,
+            think=args.think,
+            per_process=args.clients_per_process,
+            per_call_tls=tls,
+            server_pid=server_pid,
+        )
+        loaded = phase(annotators=args.annotators, predictors=args.predictors, tag="a")
+        alone = phase(annotators=args.annotators, predictors=0, tag="b")
+        one = phase(annotators=1, predictors=0, tag="c")  # the floor: one vote at a time, nothing else
+        predict_alone = phase(annotators=0, predictors=args.predictors, tag="")
         return {
             "with_predictors": loaded,
             "annotators_alone": alone,
@@ -358,8 +427,8 @@ def run_scenario(args: argparse.Namespace, url: str, clips: list[Path], folder: 
             "predictors_alone": predict_alone,
         }
     if args.scenario == "hol":
-        return head_of_line(url, clips, args.long_minutes, args.rounds, folder)
-    return {"runs": [drive(url, clips, int(n), args.rounds, args.timeout) for n in args.clients.split(",")]}
+        return head_of_line(url, clips, args.long_minutes, args.rounds, folder, tls)
+    return {"runs": [drive(url, clips, int(n), args.rounds, args.timeout, tls) for n in args.clients.split(",")]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -381,6 +450,11 @@ def main(argv: list[str] | None = None) -> dict:
         default=5,
         help="crowd: simulated clients per load process (0: all in one process, as before: its GIL was the bottleneck)",
     )
+    p.add_argument(
+        "--per-call-tls",
+        action="store_true",
+        help="the clients build a TLS context per HTTP call, as gradio_client does by default (sessions 1-5's load)",
+    )
     p.add_argument("--long-minutes", type=float, default=10.0, help="hol: length of the long clip")
     p.add_argument("--data", default=str(shared_data_dir()))
     p.add_argument("--out", default=None)
@@ -395,7 +469,7 @@ def main(argv: list[str] | None = None) -> dict:
             t0 = time.perf_counter()
             wait_up(url, proc)
             started = time.perf_counter() - t0
-            results = run_scenario(args, url, clips, Path(tmp))
+            results = run_scenario(args, url, clips, Path(tmp), proc.pid)
         finally:
             proc.terminate()
             proc.wait(timeout=30)
@@ -405,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict:
         "asr": args.asr,
         "startup_s": round(started, 1),
         "scenario": args.scenario,
+        "per_call_tls": args.per_call_tls,
         "cpu_count": os.cpu_count(),
         "load_avg": os.getloadavg(),
         **results,

@@ -220,7 +220,8 @@ def test_served_audio_is_made_playable_once_and_then_sent_without_a_probe(studio
 
 
 @pytest.mark.skipif(not hasattr(os, "setpriority"), reason="per-thread nice is Linux's")
-def test_predictions_run_below_the_votes_priority_and_so_do_the_threads_they_start(studio):  # noqa: F811
+@pytest.mark.parametrize("kind", ["media", "text", "long"])
+def test_predictions_run_below_the_votes_priority_and_so_do_the_threads_they_start(studio, kind):  # noqa: F811
     here = os.getpriority(os.PRIO_PROCESS, 0)  # who=0: the calling thread on Linux
 
     def started_thread_nice() -> int:
@@ -230,9 +231,9 @@ def test_predictions_run_below_the_votes_priority_and_so_do_the_threads_they_sta
         worker.join()
         return box[0]
 
-    expected = max(here, studio.PREDICT_NICE)
-    assert studio.in_prediction_worker(os.getpriority, os.PRIO_PROCESS, 0) == expected
-    assert studio.in_prediction_worker(started_thread_nice) == expected  # torch's and CTranslate2's teams too
+    expected = max(here, studio.LONG_JOB_NICE if kind == "long" else studio.PREDICT_NICE)
+    assert studio.in_prediction_worker(os.getpriority, os.PRIO_PROCESS, 0, kind=kind) == expected
+    assert studio.in_prediction_worker(started_thread_nice, kind=kind) == expected  # torch's, CTranslate2's teams too
     assert os.getpriority(os.PRIO_PROCESS, 0) == here  # the caller's own priority is untouched
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
@@ -31,18 +32,24 @@ class FakePredictor:
 
     def predict_steps(self, sample: Sample):
         self.started.set()
+        self.step_nice: list[int] = []
         for fraction in (0.25, 0.5, 0.75):
             if self.go is not None:
                 self.go.wait(10)
+            self.step_nice.append(os.getpriority(os.PRIO_PROCESS, 0))  # who=0: the thread running the step
             yield fraction
         yield self.predict(sample)
 
 
 def test_long_clips_report_progress_and_short_ones_do_not(studio, monkeypatch):  # noqa: F811
-    monkeypatch.setattr(studio, "get_predictor", FakePredictor)
+    fake = FakePredictor()
+    monkeypatch.setattr(studio, "get_predictor", lambda: fake)
     seen: list[float] = []
     long_result = studio.run_model(Sample(audio=np.zeros(40 * SAMPLE_RATE, np.float32)), lambda f, desc: seen.append(f))
     assert isinstance(long_result, Prediction) and seen == [0.25, 0.5, 0.75]
+    if hasattr(os, "setpriority"):  # the steps ran below every request's priority (Linux: nice per thread)
+        here = os.getpriority(os.PRIO_PROCESS, 0)
+        assert fake.step_nice == [max(here, studio.LONG_JOB_NICE)] * 3
     seen.clear()
     studio.run_model(Sample(audio=np.zeros(4 * SAMPLE_RATE, np.float32)), lambda f, desc: seen.append(f))
     assert seen == []

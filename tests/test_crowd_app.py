@@ -99,6 +99,29 @@ def test_a_retry_without_a_key_still_lands_on_its_own_clip(server, studio):  # n
         client.predict(labels=["sad"], unsure=False, note="", clip_id=stranger, api_name="/vote")
 
 
+@pytest.mark.parametrize("per_call_tls", [True, False])
+def test_the_load_benchs_clients_vote_without_building_a_tls_context_per_call(server, studio, per_call_tls):  # noqa: F811
+    """bench/serve.py's annotators: gradio_client alone builds a TLS context per HTTP call (~40 ms of CPU each on a
+    2-core box, four per vote), which made the vote bench time its own clients; the bench's client shares one."""
+    import ssl
+
+    from bench.serve import _tls_context
+    from bench.serve import client as bench_client
+
+    _tls_context()  # built once per process, before counting
+    for freq in (306.0, 307.0):
+        seed_tone(studio, freq)
+    built = []
+    real = ssl.create_default_context
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ssl, "create_default_context", lambda *a, **k: built.append(1) or real(*a, **k))
+        session = bench_client(server, per_call_tls)
+        _, clip = start(session, f"bench-tls-{per_call_tls}")
+        session.predict(labels=["happy"], unsure=False, note="", clip_id=clip, api_name="/vote")
+    assert votes_of(studio, f"name:bench-tls-{per_call_tls}") == [(clip, '["happy"]')]
+    assert (len(built) >= 3) if per_call_tls else (built == [])
+
+
 # ---- 2. anyone can be anyone: names need their key -----------------------------------------------------
 
 

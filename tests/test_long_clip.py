@@ -132,11 +132,39 @@ def test_a_request_overtakes_a_long_job_between_its_steps(predictor: Predictor, 
         long_job.start()
         time.sleep(0.2)
         assert progressed == []  # the step waits for the request
-        text_only = threading.Thread(target=lambda: predictor.predict(Sample(text="so happy")))
-        text_only.start()
+        short_clip = threading.Thread(target=lambda: predictor.predict(Sample(audio=long_clip[: 3 * SAMPLE_RATE])))
+        short_clip.start()
         _wait_until(lambda: lock.waiting == 1)
-    text_only.join(30)
+    short_clip.join(30)
     long_job.join(30)
     assert lock.holders == ["request", "request", "step"]
     assert len(progressed) == 1 and isinstance(progressed[0], float)
     assert isinstance(list(steps)[-1], Prediction)
+
+
+def test_a_text_only_request_does_not_wait_for_a_long_jobs_step(predictor: Predictor, long_clip: np.ndarray):
+    """A text-only request needs the text branch alone: it answers while a long job's speech step holds the model,
+    while a request with audio waits for the step."""
+    answers: dict[str, Prediction] = {}
+    with predictor.lock.low():  # a long job's step is running
+        text_only = threading.Thread(target=lambda: answers.update(text=predictor.predict(Sample(text="so happy"))))
+        clip = threading.Thread(target=lambda: answers.update(clip=predictor.predict(Sample(audio=long_clip[:48_000]))))
+        clip.start()
+        text_only.start()
+        text_only.join(30)
+        assert set(answers) == {"text"} and set(answers["text"].modalities) == {"text"}
+        assert predictor.lock.waiting == 1  # the clip
+    clip.join(30)
+    assert set(answers) == {"text", "clip"}
+
+
+def test_the_text_branch_runs_one_call_at_a_time(predictor: Predictor, long_clip: np.ndarray):
+    """A request with audio reads its transcript with the text branch under the text lock, the one text-only requests
+    take: a fast tokenizer must not be used by two threads at once."""
+    entered = threading.Event()
+    with predictor.text_lock:
+        clip = threading.Thread(target=lambda: (predictor.predict(Sample(audio=long_clip[:48_000])), entered.set()))
+        clip.start()
+        assert not entered.wait(3.0)  # its speech branch ran; its text step waits for the text lock
+    clip.join(30)
+    assert entered.is_set()
