@@ -265,7 +265,7 @@ def run_model(sample, progress: gr.Progress | None = None, voice: SpeakerStats |
     voice: this session's earlier speech (backend.adapt), updated with this clip's."""
     predictor = get_predictor()
     if not predictor.is_long(sample):
-        kind = "text" if sample.modalities == ["text"] else "media"
+        kind = "text" if sample.text_only else "media"
         return in_prediction_worker(predictor.predict_batch, [sample], speakers=[voice], kind=kind)[0]
     if not _long_jobs.acquire(blocking=False):  # a third would hold a worker that short requests need
         raise MediaError(MSG_LONG_BUSY.format(seconds=LONG_CLIP_SECONDS))

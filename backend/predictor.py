@@ -129,7 +129,7 @@ class Predictor:
         start = time.perf_counter()
         work = _Work(notes={i: [] for i in range(len(samples))}, speakers=list(speakers or [None] * len(samples)))
         assert len(work.speakers) == len(samples), "one SpeakerStats (or None) per sample"
-        text_only = all(s.modalities == ["text"] for s in samples)
+        text_only = all(s.text_only for s in samples)
         with self.text_lock if text_only else self.lock, torch.inference_mode(), self._autocast():
             transcripts = self._start_asr(samples)  # CTranslate2 transcribes while the audio branch runs
             self._run_speech(samples, work, update_speakers)

@@ -41,6 +41,11 @@ class Sample:
             present.append("face")
         return present
 
+    @property
+    def text_only(self) -> bool:
+        """Only text: the text branch alone reads it (the predictor's text lock, the app's text worker)."""
+        return self.modalities == ["text"]
+
 
 def probs_dict(probs: np.ndarray | list[float]) -> dict[str, float]:
     """Label -> probability mapping in taxonomy order."""
