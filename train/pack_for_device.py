@@ -80,14 +80,19 @@ def split_file(src: Path, dst_parts: list[Path], chunk: int) -> list[Path]:
 
 def pack_bench(out: Path, cache: Path, wheels: Path) -> dict[str, int]:
     """Parts for bench/device_bench.sh's inference modes (final, infer8, cudatests without r): w = Whisper-base
-    encoder (fp16), m1a + m1b = MiniLM (fp16) with its weights split in two (25 MB, then the rest), and the wheels
-    the GPU machine lacks (soundfile and its cffi, pycparser; the pure-Python ones under wheels/ for
-    train/device_job.sh deps) beside m1b."""
+    encoder (fp16) without its tokenizer, which goes in m1a; m1a + m1b = MiniLM (fp16) with its weights split in
+    two (25 MB, then the rest), and the wheels the GPU machine lacks (soundfile and its cffi, pycparser; the
+    pure-Python ones under wheels/ for train/device_job.sh deps) beside m1b."""
     from backend.text import minilm_wheel_path
     from backend.whisper_convert import ensure_converted
 
     parts = fresh_parts(out, ("w", "m1a", "m1b"))
-    pack_folder_fp16(ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",))
+    whisper = pack_folder_fp16(
+        ensure_converted("whisper-base", cache), parts["w"] / "whisper-base", keep=("model.encoder.",)
+    )
+    # its tokenizer (4 MB) goes with m1a: w alone is 41 MB, and the tracked tree beside it grew to 22 MB
+    (parts["m1a"] / "whisper-base").mkdir(parents=True)
+    shutil.move(whisper / "tokenizer.json", parts["m1a"] / "whisper-base" / "tokenizer.json")
     minilm = pack_folder_fp16(minilm_wheel_path(), parts["m1a"] / "minilm")
     split_file(minilm / "model.safetensors", [parts["m1a"], parts["m1b"]], 25 * 2**20)
     (minilm / "model.safetensors").unlink()
